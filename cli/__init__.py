@@ -1,0 +1,1 @@
+"""The `curate` command: typer callbacks that parse arguments and call library functions."""

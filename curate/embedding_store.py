@@ -1,0 +1,62 @@
+"""Embeddings stored beside a pool: float16, L2-normalised, row-aligned with samples.parquet.
+
+``embeddings/<name>/image.npy`` and ``text.npy`` are plain ``.npy`` files (shape rows x dim)
+so that numpy can memory-map them and any tool can read them; ``meta.json`` records the
+model that made them; ``clip_score.parquet`` holds (uid, clip_score).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.layout import EmbeddingLayout, PoolLayout
+
+
+class MissingEmbeddingsError(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    name: str
+    image: np.ndarray  # memory-mapped float16 (rows, dim)
+    text: np.ndarray | None
+    meta: dict[str, Any]
+
+
+def list_embeddings(pool_root: Path) -> list[str]:
+    directory = PoolLayout(Path(pool_root)).embeddings_dir
+    if not directory.is_dir():
+        return []
+    return sorted(p.name for p in directory.iterdir() if (p / "meta.json").is_file())
+
+
+def load_embeddings(pool_root: Path, name: str | None = None) -> Embeddings:
+    """Memory-map a pool's embeddings; ``name=None`` picks the only set (or errors)."""
+    available = list_embeddings(pool_root)
+    if name is None:
+        if len(available) != 1:
+            raise MissingEmbeddingsError(
+                f"{pool_root}: expected exactly one embedding set, found {available or 'none'}; "
+                "run `curate embed` first or name the set to use"
+            )
+        name = available[0]
+    if name not in available:
+        raise MissingEmbeddingsError(
+            f"{pool_root}: no embeddings named {name!r} (have: {available or 'none'}); "
+            "run `curate embed` first"
+        )
+    layout = PoolLayout(Path(pool_root)).embeddings(name)
+    meta = json.loads(layout.meta.read_text("utf-8"))
+    image = np.load(layout.image, mmap_mode="r")
+    text = np.load(layout.text, mmap_mode="r") if layout.text.is_file() else None
+    return Embeddings(name=name, image=image, text=text, meta=meta)
+
+
+def embedding_layout(pool_root: Path, name: str) -> EmbeddingLayout:
+    return PoolLayout(Path(pool_root)).embeddings(name)

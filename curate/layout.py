@@ -1,0 +1,134 @@
+"""Where every file of a pool and of a candidate pool lives. The one place for these paths.
+
+A pool directory::
+
+    POOL/
+      manifest.json            written last: its presence marks a complete pool
+      samples.parquet          one row per sample (uid, text, width, height, sha256, shard, key, ...)
+      ingest_report.json       what was skipped while ingesting, and why
+      shards/00000.tar ...     webdataset tars, img2dataset's layout (key.jpg|png, key.txt, key.json)
+      embeddings/<name>/       float16 image.npy / text.npy row-aligned with samples.parquet,
+                               clip_score.parquet, meta.json (model identity)
+      results/                 scoring results (one JSON record per task and run)
+
+A candidate pool (the output of ``curate build-pool``)::
+
+    OUT/
+      manifest.json            kind = "subset", the parent pool's path and id, provenance
+      uids.parquet             kept uids (sorted)
+      uids.npy                 DataComp subset file (sorted u8,u8 pairs)
+      decisions.parquet        one row per sample and stage: kept/removed, reason, score
+      stages.parquet           per stage: in, out, seconds
+      recipe.yaml              the recipe that made it
+      shards/                  optional resharded webdataset tars of the kept samples
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class PoolLayout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.parquet"
+
+    @property
+    def ingest_report(self) -> Path:
+        return self.root / "ingest_report.json"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    def shard(self, index: int) -> Path:
+        return self.shards_dir / shard_name(index)
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "embeddings"
+
+    def embeddings(self, name: str) -> EmbeddingLayout:
+        return EmbeddingLayout(self.embeddings_dir / name)
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    root: Path
+
+    @property
+    def image(self) -> Path:
+        return self.root / "image.npy"
+
+    @property
+    def text(self) -> Path:
+        return self.root / "text.npy"
+
+    @property
+    def clip_score(self) -> Path:
+        return self.root / "clip_score.parquet"
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+
+@dataclass(frozen=True)
+class SubsetLayout:
+    root: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def uids_parquet(self) -> Path:
+        return self.root / "uids.parquet"
+
+    @property
+    def uids_npy(self) -> Path:
+        return self.root / "uids.npy"
+
+    @property
+    def decisions(self) -> Path:
+        return self.root / "decisions.parquet"
+
+    @property
+    def stages(self) -> Path:
+        return self.root / "stages.parquet"
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / "recipe.yaml"
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results"
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}.tar"
+
+
+def sample_key(shard_index: int, index_in_shard: int) -> str:
+    """img2dataset's key: 5-digit shard number then 4-digit position (9 digits in all)."""
+    return f"{shard_index:05d}{index_in_shard:04d}"
