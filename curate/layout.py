@@ -6,6 +6,7 @@ A pool directory::
       manifest.json            written last: its presence marks a complete pool
       samples.parquet          one row per sample (uid, text, width, height, sha256, shard, key, ...)
       ingest_report.json       what was skipped while ingesting, and why
+      holdout.parquet          optional (demo pools): held-out clean images, the pool-holdout task
       shards/00000.tar ...     webdataset tars, img2dataset's layout (key.jpg|png, key.txt, key.json)
       embeddings/<name>/       float16 image.npy / text.npy row-aligned with samples.parquet,
                                clip_score.parquet, meta.json (model identity)
@@ -47,6 +48,11 @@ class PoolLayout:
     @property
     def ingest_report(self) -> Path:
         return self.root / "ingest_report.json"
+
+    @property
+    def holdout(self) -> Path:
+        """Held-out images of the pool's clean distribution (demo pools): HF image parquet."""
+        return self.root / "holdout.parquet"
 
     @property
     def shards_dir(self) -> Path:

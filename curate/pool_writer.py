@@ -96,6 +96,7 @@ class PoolWriter:
         params: dict[str, Any] | None = None,
         samples_per_shard: int = 10_000,
         overwrite: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         self.out = Path(out)
         self.name = name
@@ -104,6 +105,8 @@ class PoolWriter:
         self.params = params or {}
         self.samples_per_shard = samples_per_shard
         self.overwrite = overwrite
+        # More manifest ``extra`` entries (e.g. a demo pool's holdout); may be set before exit.
+        self.extra: dict[str, Any] = dict(extra or {})
         self.staging = staging_dir_for(self.out)
         self.layout = PoolLayout(self.staging)
         self.skips: Counter[str] = Counter()
@@ -299,7 +302,7 @@ class PoolWriter:
             sample_count=samples.height,
             has_images=True,
             produced_by=produced_by(self.command, **self.params),
-            extra={"ingest": {k: report[k] for k in ("accepted", "skipped")}},
+            extra={"ingest": {k: report[k] for k in ("accepted", "skipped")}, **self.extra},
         ).write(self.staging)
         publish_directory(self.staging, self.out, overwrite=self.overwrite)
         self.report = report
