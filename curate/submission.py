@@ -1,0 +1,508 @@
+"""Submission bundles: a candidate pool's uids, recipe and scored results, checkable by anyone.
+
+``curate submit`` writes a directory (or ``.tar.gz``)::
+
+    BUNDLE/
+      bundle.json                 what this is: subset, sample count, runs, producer
+      config.json                 the setup: comparability key, scale, samples seen, run config
+      uids.npy                    the kept uids, DataComp's subset format (sorted u8,u8 pairs)
+      recipe.yaml                 the recipe that built the candidate pool
+      results/<run_id>/           results.jsonl + run.json of each scored run (seeds)
+      baselines/<run_id>/         the baseline runs the ER is measured against
+      baseline_fit.json           the logit-linear (and multi-ID) baseline fits
+      effective_robustness.json   the claimed ER per run and shift, and the seed means
+      checksums.sha256            sha256 of every other file (``sha256sum -c`` reads it)
+
+``curate verify`` recomputes everything it can: checksums, completeness, the uids file,
+per-task accuracy against the recorded per-image correctness, comparability of the runs with
+the bundle's config, and the baseline fits and ER from the bundled records. The sha256 of
+``checksums.sha256`` is the bundle's digest: publish it with the bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.atomic import atomic_path, publish_directory, staging_dir_for, write_json
+from curate.errors import UserInputError
+from curate.layout import SubsetLayout
+from curate.manifest import produced_by, read_manifest
+from eval.baselines import tiny_baseline_fit, tiny_baseline_plane
+from eval.collect import KIND_POOL_ID, RUN_FILE, RunResult, collect_runs, load_run
+from eval.effective_robustness import effective_robustness, multi_id_effective_robustness
+from eval.records import RESULTS_FILE
+
+BUNDLE_FORMAT = "curate-submission"
+BUNDLE_VERSION = 1
+MANIFEST_FILE = "bundle.json"
+CONFIG_FILE = "config.json"
+UIDS_FILE = "uids.npy"
+RECIPE_FILE = "recipe.yaml"
+FIT_FILE = "baseline_fit.json"
+ER_FILE = "effective_robustness.json"
+CHECKSUMS_FILE = "checksums.sha256"
+RESULTS_DIR = "results"
+BASELINES_DIR = "baselines"
+REQUIRED_FILES = (MANIFEST_FILE, CONFIG_FILE, UIDS_FILE, RECIPE_FILE, FIT_FILE, ER_FILE)
+TOLERANCE = 1e-9
+
+
+class BundleError(UserInputError):
+    """A bundle failed verification; the message names each file at fault."""
+
+
+@dataclass(frozen=True)
+class BundleSummary:
+    path: Path
+    digest: str
+    files: int
+    runs: tuple[str, ...]
+    baselines: tuple[str, ...]
+    effective_robustness: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_tarball(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz"))
+
+
+def _bundle_files(root: Path) -> list[str]:
+    return sorted(
+        path.relative_to(root).as_posix()
+        for path in root.rglob("*")
+        if path.is_file() and path.name != CHECKSUMS_FILE
+    )
+
+
+def er_claims(runs: Sequence[RunResult], baselines: Sequence[RunResult]) -> dict[str, Any]:
+    """Baseline fits and per-run ER for every ID -> shift pair of the runs (point estimates).
+
+    Deterministic, so that :func:`verify_bundle` can recompute it from the bundled records.
+    """
+    pairs = sorted({pair for run in runs for pair in run.shift_pairs()})
+    pool_ids = sorted({task for run in runs for task in run.tasks_of_kind(KIND_POOL_ID)})
+    claims: dict[str, Any] = {}
+    for id_task, shift_task in pairs:
+        entry: dict[str, Any] = {"id_task": id_task, "shift_task": shift_task}
+        try:
+            fit = tiny_baseline_fit(baselines, id_task, shift_task)
+        except UserInputError as error:
+            entry.update(fit=None, problem=str(error), runs={})
+            claims[f"{id_task} -> {shift_task}"] = entry
+            continue
+        plane = None
+        if pool_ids:
+            try:
+                plane = tiny_baseline_plane(baselines, (id_task, pool_ids[0]), shift_task)
+            except UserInputError as error:
+                entry["multi_id_problem"] = str(error)
+        per_run = {}
+        for run in runs:
+            er = effective_robustness(run.accuracy(id_task), run.accuracy(shift_task), fit)
+            row = {
+                "id_accuracy": er.id_accuracy,
+                "ood_accuracy": er.ood_accuracy,
+                "predicted_ood_accuracy": er.predicted_ood_accuracy,
+                "effective_robustness": er.value,
+            }
+            if plane is not None:
+                accuracies = [run.accuracy(task) for task in plane.id_tasks]
+                row["multi_id_effective_robustness"] = multi_id_effective_robustness(
+                    accuracies, run.accuracy(shift_task), plane
+                ).value
+            per_run[run.run_id] = row
+        values = [row["effective_robustness"] for row in per_run.values()]
+        entry.update(
+            fit=fit.to_dict(),
+            multi_id_fit=None if plane is None else plane.to_dict(),
+            runs=per_run,
+            mean_effective_robustness=float(np.mean(values)),
+            std_effective_robustness=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+        )
+        claims[f"{id_task} -> {shift_task}"] = entry
+    return claims
+
+
+def _setup(runs: Sequence[RunResult]) -> dict[str, Any]:
+    """The one setup all runs share, or a UserInputError naming the mismatch."""
+    for field in ("comparability_key", "scale", "samples_seen", "pool", "recipe"):
+        values = {getattr(run, field) for run in runs}
+        if len(values) > 1:
+            listing = ", ".join(f"{run.run_id}={getattr(run, field)!r}" for run in runs)
+            raise UserInputError(
+                f"the results are not comparable: they differ in {field} ({listing}); a bundle "
+                "holds the seeds of one candidate pool under one setup"
+            )
+    first = runs[0]
+    return {
+        "comparability_key": first.comparability_key,
+        "scale": first.scale,
+        "samples_seen": first.samples_seen,
+        "pool": first.pool,
+        "recipe": first.recipe,
+        "seeds": sorted(run.seed for run in runs if run.seed is not None),
+        "eval_tasks": sorted(first.tasks),
+        "run_config": dict(first.config),
+    }
+
+
+def _copy_run(run: RunResult, destination: Path) -> None:
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run.results_path, destination / RESULTS_FILE)
+    run_file = run.run_dir / RUN_FILE
+    if run_file.is_file():
+        shutil.copyfile(run_file, destination / RUN_FILE)
+
+
+def _unique_ids(runs: Sequence[RunResult], what: str) -> None:
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if run.run_id in seen:
+            raise UserInputError(
+                f"two {what} runs share run_id {run.run_id!r} ({seen[run.run_id]} and "
+                f"{run.results_path}); pass only one of them"
+            )
+        seen[run.run_id] = run.results_path
+
+
+def _write_checksums(root: Path) -> str:
+    lines = [f"{sha256_file(root / name)}  {name}\n" for name in _bundle_files(root)]
+    (root / CHECKSUMS_FILE).write_text("".join(lines), "utf-8")
+    return sha256_file(root / CHECKSUMS_FILE)
+
+
+def create_bundle(
+    subset: Path,
+    out: Path,
+    *,
+    results: Sequence[Path] = (),
+    baselines: Sequence[Path] = (),
+    overwrite: bool = False,
+) -> BundleSummary:
+    """Bundle a candidate pool with its scored runs (default: ``SUBSET/results``)."""
+    from curate.uid import load_subset, save_subset
+
+    subset, out = Path(subset), Path(out)
+    manifest = read_manifest(subset)
+    if manifest.kind != "subset":
+        raise UserInputError(
+            f"{subset} is a {manifest.kind}, not a candidate pool; pass the output of "
+            "`curate build-pool`"
+        )
+    layout = SubsetLayout(subset)
+    if not layout.recipe.is_file():
+        raise FileNotFoundError(f"{layout.recipe} is missing; rebuild the candidate pool")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+
+    result_runs = [run for run in collect_runs(results or [subset]) if not run.baseline]
+    if not result_runs:
+        raise UserInputError(
+            f"no scored runs found in {', '.join(map(str, results or [subset]))}; score the "
+            "candidate pool first (`curate score`) or pass --results"
+        )
+    _unique_ids(result_runs, "result")
+    setup = _setup(result_runs)
+    baseline_roots = list(baselines) or [subset, *_parent_pool(manifest.source)]
+    baseline_runs = [run for run in collect_runs(baseline_roots) if run.baseline]
+    if not baseline_runs:
+        raise UserInputError(
+            f"no baseline runs found in {', '.join(map(str, baseline_roots))}; pass --baselines "
+            "DIR (the --out of `curate baseline`): effective robustness is measured against them"
+        )
+    _unique_ids(baseline_runs, "baseline")
+    claims = er_claims(result_runs, baseline_runs)
+
+    name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    staging = staging_dir_for(out.with_name(name))
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    if layout.uids_npy.is_file():
+        shutil.copyfile(layout.uids_npy, staging / UIDS_FILE)
+    else:
+        import polars as pl
+
+        save_subset(
+            pl.read_parquet(layout.uids_parquet, columns=["uid"])["uid"], staging / UIDS_FILE
+        )
+    sample_count = len(load_subset(staging / UIDS_FILE))
+    shutil.copyfile(layout.recipe, staging / RECIPE_FILE)
+    for run in result_runs:
+        _copy_run(run, staging / RESULTS_DIR / run.run_id)
+    for run in baseline_runs:
+        _copy_run(run, staging / BASELINES_DIR / run.run_id)
+    write_json(staging / CONFIG_FILE, setup)
+    write_json(
+        staging / FIT_FILE,
+        {
+            key: {"fit": entry["fit"], "multi_id_fit": entry.get("multi_id_fit")}
+            for key, entry in claims.items()
+        },
+    )
+    write_json(staging / ER_FILE, claims)
+    write_json(
+        staging / MANIFEST_FILE,
+        {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "subset": {
+                "name": manifest.name,
+                "path": str(subset.resolve()),
+                "sample_count": sample_count,
+                "source": manifest.source,
+            },
+            "results": sorted(run.run_id for run in result_runs),
+            "baselines": sorted(run.run_id for run in baseline_runs),
+            "comparability_key": setup["comparability_key"],
+            "produced_by": produced_by("submit", subset=str(subset)),
+        },
+    )
+    digest = _write_checksums(staging)
+    files = len(_bundle_files(staging)) + 1
+    if _is_tarball(out):
+        with atomic_path(out) as tmp:
+            with tarfile.open(tmp, "w:gz") as archive:
+                archive.add(staging, arcname=name)
+        shutil.rmtree(staging)
+    else:
+        publish_directory(staging, out, overwrite=overwrite)
+    return BundleSummary(
+        path=out,
+        digest=digest,
+        files=files,
+        runs=tuple(sorted(run.run_id for run in result_runs)),
+        baselines=tuple(sorted(run.run_id for run in baseline_runs)),
+        effective_robustness=claims,
+    )
+
+
+def _parent_pool(source: dict[str, Any]) -> list[Path]:
+    pool = source.get("pool")
+    return [Path(pool)] if pool and Path(pool).is_dir() else []
+
+
+@contextmanager
+def _opened(bundle: Path) -> Iterator[Path]:
+    """The bundle's root directory (a ``.tar.gz`` is extracted to a temporary folder)."""
+    if not bundle.exists():
+        raise FileNotFoundError(f"{bundle} does not exist")
+    if bundle.is_dir():
+        yield bundle
+        return
+    if not _is_tarball(bundle):
+        raise BundleError(f"{bundle}: not a bundle directory or .tar.gz")
+    with tempfile.TemporaryDirectory(prefix="curate-verify-") as tmp:
+        try:
+            with tarfile.open(bundle, "r:gz") as archive:
+                archive.extractall(tmp, filter="data")
+        except (tarfile.TarError, OSError) as error:
+            raise BundleError(f"{bundle}: unreadable archive ({error})") from None
+        entries = list(Path(tmp).iterdir())
+        yield entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+
+
+def _check_checksums(root: Path) -> list[str]:
+    listing = root / CHECKSUMS_FILE
+    if not listing.is_file():
+        return [f"{CHECKSUMS_FILE} is missing: the bundle is incomplete"]
+    problems, listed = [], set()
+    for number, line in enumerate(listing.read_text("utf-8").splitlines(), start=1):
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            problems.append(f"{CHECKSUMS_FILE} line {number}: not '<sha256>  <file>'")
+            continue
+        listed.add(name)
+        path = root / name
+        if ".." in Path(name).parts or not path.is_file():
+            problems.append(f"{name}: listed in {CHECKSUMS_FILE} but missing from the bundle")
+        elif sha256_file(path) != digest:
+            problems.append(
+                f"{name}: checksum mismatch (the file changed after the bundle was made)"
+            )
+    for name in _bundle_files(root):
+        if name not in listed:
+            problems.append(
+                f"{name}: not listed in {CHECKSUMS_FILE} (added after the bundle was made)"
+            )
+    return problems
+
+
+def _read_json(root: Path, name: str, problems: list[str]) -> Any:
+    try:
+        return json.loads((root / name).read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        problems.append(f"{name}: unreadable ({error})")
+        return None
+
+
+def _load_runs(root: Path, folder: str, problems: list[str]) -> list[RunResult]:
+    runs = []
+    for path in sorted((root / folder).glob(f"*/{RESULTS_FILE}")):
+        try:
+            runs.append(load_run(path))
+        except UserInputError as error:
+            problems.append(str(error).replace(str(root) + "/", ""))
+    return runs
+
+
+def _check_records(root: Path, runs: Sequence[RunResult], problems: list[str]) -> None:
+    for run in runs:
+        where = run.results_path.relative_to(root).as_posix()
+        if run.run_id != run.run_dir.name:
+            problems.append(f"{where}: run_id {run.run_id!r} does not match its folder")
+        for task in run.tasks.values():
+            if task.correct is not None and task.accuracy is not None:
+                if abs(float(task.correct.mean()) - task.accuracy) > TOLERANCE:
+                    problems.append(
+                        f"{where}: {task.task} acc1 {task.accuracy} disagrees with its "
+                        f"correct_bits ({task.correct.mean()})"
+                    )
+
+
+def _differences(claimed: Any, actual: Any, path: str) -> list[str]:
+    if isinstance(claimed, dict) and isinstance(actual, dict):
+        out = []
+        for key in sorted(set(claimed) | set(actual)):
+            if key not in claimed or key not in actual:
+                out.append(f"{path}.{key}: {'missing' if key not in claimed else 'unexpected'}")
+            else:
+                out += _differences(claimed[key], actual[key], f"{path}.{key}")
+        return out
+    if isinstance(claimed, list) and isinstance(actual, list) and len(claimed) == len(actual):
+        return [
+            d
+            for i, (c, a) in enumerate(zip(claimed, actual, strict=True))
+            for d in _differences(c, a, f"{path}[{i}]")
+        ]
+    numbers = (int, float)
+    if (
+        isinstance(claimed, numbers)
+        and isinstance(actual, numbers)
+        and not isinstance(claimed, bool)
+    ):
+        if math.isclose(claimed, actual, rel_tol=0, abs_tol=TOLERANCE):
+            return []
+        return [f"{path}: claimed {claimed!r}, the bundled records give {actual!r}"]
+    return (
+        []
+        if claimed == actual
+        else [f"{path}: claimed {claimed!r}, the bundled records give {actual!r}"]
+    )
+
+
+def verify_bundle(bundle: Path) -> BundleSummary:
+    """Re-check a bundle; raise :class:`BundleError` listing every problem (file first)."""
+    from curate.uid import SUBSET_DTYPE
+
+    bundle = Path(bundle)
+    with _opened(bundle) as root:
+        problems = _check_checksums(root)
+        for name in REQUIRED_FILES:
+            if not (root / name).is_file():
+                problems.append(f"{name}: missing: the bundle is incomplete")
+        if problems:
+            raise BundleError(_report(bundle, problems))
+        manifest = _read_json(root, MANIFEST_FILE, problems)
+        config = _read_json(root, CONFIG_FILE, problems)
+        claims = _read_json(root, ER_FILE, problems)
+        fits = _read_json(root, FIT_FILE, problems)
+        if problems:
+            raise BundleError(_report(bundle, problems))
+
+        try:
+            pairs = np.load(root / UIDS_FILE, allow_pickle=False)
+            if pairs.dtype != SUBSET_DTYPE:
+                problems.append(f"{UIDS_FILE}: dtype {pairs.dtype}, expected DataComp's u8,u8")
+            elif not np.array_equal(pairs, np.sort(pairs)):
+                problems.append(f"{UIDS_FILE}: uids are not sorted")
+            elif len(pairs) != manifest.get("subset", {}).get("sample_count"):
+                problems.append(
+                    f"{UIDS_FILE}: {len(pairs)} uids but {MANIFEST_FILE} says "
+                    f"{manifest.get('subset', {}).get('sample_count')}"
+                )
+        except (OSError, ValueError) as error:
+            problems.append(f"{UIDS_FILE}: unreadable ({error})")
+
+        runs = _load_runs(root, RESULTS_DIR, problems)
+        baselines = _load_runs(root, BASELINES_DIR, problems)
+        for folder, names, found in (
+            (RESULTS_DIR, manifest.get("results", []), runs),
+            (BASELINES_DIR, manifest.get("baselines", []), baselines),
+        ):
+            present = {run.run_id for run in found}
+            problems += [
+                f"{folder}/{name}/{RESULTS_FILE}: listed in {MANIFEST_FILE} but missing"
+                for name in names
+                if name not in present
+            ]
+        if not runs:
+            problems.append(f"{RESULTS_DIR}/: no scored runs: the bundle is incomplete")
+        _check_records(root, runs + baselines, problems)
+        problems += [
+            f"{RESULTS_DIR}/{run.run_id}/{RESULTS_FILE}: a baseline run among the results"
+            for run in runs
+            if run.baseline
+        ]
+        problems += [
+            f"{BASELINES_DIR}/{run.run_id}/{RESULTS_FILE}: not a baseline run (run.baseline false)"
+            for run in baselines
+            if not run.baseline
+        ]
+        for run in runs:
+            for field in ("comparability_key", "scale", "samples_seen"):
+                if getattr(run, field) != config.get(field):
+                    problems.append(
+                        f"{RESULTS_DIR}/{run.run_id}/{RESULTS_FILE}: not comparable: {field} is "
+                        f"{getattr(run, field)!r} but {CONFIG_FILE} says {config.get(field)!r}"
+                    )
+        if manifest.get("comparability_key") != config.get("comparability_key"):
+            problems.append(f"{MANIFEST_FILE}: comparability_key differs from {CONFIG_FILE}")
+        if problems:
+            raise BundleError(_report(bundle, problems))
+
+        try:
+            recomputed = json.loads(json.dumps(er_claims(runs, baselines), default=str))
+        except UserInputError as error:
+            raise BundleError(
+                _report(bundle, [f"{ER_FILE}: cannot recompute ER ({error})"])
+            ) from None
+        problems += _differences(claims, recomputed, ER_FILE)
+        recomputed_fits = {
+            key: {"fit": entry["fit"], "multi_id_fit": entry.get("multi_id_fit")}
+            for key, entry in recomputed.items()
+        }
+        problems += _differences(fits, recomputed_fits, FIT_FILE)
+        if problems:
+            raise BundleError(_report(bundle, problems))
+        return BundleSummary(
+            path=bundle,
+            digest=sha256_file(root / CHECKSUMS_FILE),
+            files=len(_bundle_files(root)) + 1,
+            runs=tuple(sorted(run.run_id for run in runs)),
+            baselines=tuple(sorted(run.run_id for run in baselines)),
+            effective_robustness=recomputed,
+        )
+
+
+def _report(bundle: Path, problems: Sequence[str]) -> str:
+    return f"bundle {bundle} failed verification:\n  - " + "\n  - ".join(problems)

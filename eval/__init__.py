@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot classification, retrieval, the task registry, effective robustness."""

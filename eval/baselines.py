@@ -1,0 +1,91 @@
+"""Tiny-scale baselines: the runs marked ``run.baseline = true`` (made by ``curate baseline``).
+
+They are standard models trained on ID data only, at several budgets, so that their ID and OOD
+accuracies trace the logit-linear trend that effective robustness is measured against
+(:mod:`eval.effective_robustness`). The ImageNet-scale source is :mod:`eval.testbed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from curate.errors import UserInputError
+from eval.collect import RunResult
+from eval.effective_robustness import LinearFit, MultiLinearFit, fit_logit_line, fit_logit_plane
+
+TINY_BASELINE_SOURCE = "tiny-baselines"
+
+
+@dataclass(frozen=True)
+class BaselinePoints:
+    """Accuracies (fractions) of the baseline runs that have every task of ``tasks``.
+
+    ``accuracy`` has shape (runs, tasks); ``correct[t]`` stacks the runs' per-image
+    correctness on ``tasks[t]`` (runs, images), or is None when a run lacks it or the runs'
+    test sets differ in size (then a bootstrap keeps the fit fixed).
+    """
+
+    tasks: tuple[str, ...]
+    run_ids: tuple[str, ...]
+    accuracy: np.ndarray
+    correct: tuple[np.ndarray | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+
+def baseline_points(baselines: Sequence[RunResult], tasks: Sequence[str]) -> BaselinePoints:
+    usable = [
+        run
+        for run in baselines
+        if run.baseline and all(run.accuracy(task) is not None for task in tasks)
+    ]
+    accuracy = np.array(
+        [[run.accuracy(task) for task in tasks] for run in usable], dtype=np.float64
+    )
+    correct: list[np.ndarray | None] = []
+    for task in tasks:
+        vectors = [run.tasks[task].correct for run in usable]
+        sizes = {None if vector is None else vector.size for vector in vectors}
+        correct.append(
+            np.stack(vectors) if usable and len(sizes) == 1 and None not in sizes else None
+        )
+    return BaselinePoints(
+        tasks=tuple(tasks),
+        run_ids=tuple(run.run_id for run in usable),
+        accuracy=accuracy.reshape(len(usable), len(tasks)),
+        correct=tuple(correct),
+    )
+
+
+def tiny_baseline_fit(baselines: Sequence[RunResult], id_task: str, shift_task: str) -> LinearFit:
+    points = baseline_points(baselines, (id_task, shift_task))
+    return fit_logit_line(
+        points.accuracy[:, 0],
+        points.accuracy[:, 1],
+        id_task=id_task,
+        ood_task=shift_task,
+        source=TINY_BASELINE_SOURCE,
+    )
+
+
+def tiny_baseline_plane(
+    baselines: Sequence[RunResult], id_tasks: Sequence[str], shift_task: str
+) -> MultiLinearFit:
+    points = baseline_points(baselines, (*id_tasks, shift_task))
+    if len(points) < len(id_tasks) + 1:
+        raise UserInputError(
+            f"only {len(points)} baseline runs have accuracies on all of "
+            f"{', '.join((*id_tasks, shift_task))} (a multi-ID fit needs {len(id_tasks) + 1}); "
+            "evaluate the baseline checkpoints on the raw pool's holdout too "
+            "(`curate evaluate RUN/checkpoint --pool RAW_POOL`)"
+        )
+    return fit_logit_plane(
+        points.accuracy[:, :-1],
+        points.accuracy[:, -1],
+        id_tasks=tuple(id_tasks),
+        ood_task=shift_task,
+    )

@@ -1,0 +1,268 @@
+"""Effective robustness: hand-computed cases, the testbed fit against an independent OLS, the
+multi-ID fit against numpy lstsq, and the bootstrap / seed intervals on simulations."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, run_result
+from scipy import stats
+
+from curate.errors import UserInputError
+from eval.effective_robustness import (
+    ACCURACY_EPS,
+    effective_robustness,
+    fit_logit_line,
+    fit_logit_plane,
+    inverse_logit,
+    logit,
+    multi_id_effective_robustness,
+)
+from eval.er_uncertainty import er_difference, estimate_er
+from eval.testbed import TESTBED_CSV, TESTBED_SHIFTS, fit_testbed
+
+
+def test_logit_matches_formula_and_is_finite_at_0_and_1():
+    for p in (0.01, 0.3, 0.5, 0.9):
+        assert logit(p) == pytest.approx(math.log(p / (1 - p)), abs=1e-12)
+        assert inverse_logit(math.log(p / (1 - p))) == pytest.approx(p, abs=1e-12)
+    assert logit(0.0) == pytest.approx(math.log(ACCURACY_EPS / (1 - ACCURACY_EPS)))
+    assert logit(1.0) == pytest.approx(-logit(0.0))
+    assert np.isfinite(logit([0.0, 1.0])).all()
+
+
+def test_points_on_a_known_logit_line_have_zero_er_and_exact_fit():
+    slope, intercept = 0.7, -0.4
+    ids = np.array([0.2, 0.35, 0.5, 0.65, 0.8])
+    oods = 1 / (1 + np.exp(-(slope * np.log(ids / (1 - ids)) + intercept)))
+    fit = fit_logit_line(ids, oods)
+    assert fit.slope == pytest.approx(slope, abs=1e-12)
+    assert fit.intercept == pytest.approx(intercept, abs=1e-12)
+    assert fit.r_squared == pytest.approx(1.0, abs=1e-12)
+    assert fit.n_points == 5
+    for id_acc, ood_acc in zip(ids, oods, strict=True):
+        assert effective_robustness(id_acc, ood_acc, fit).value == pytest.approx(0.0, abs=1e-12)
+
+
+def test_point_above_the_line_has_er_equal_to_the_gap_in_accuracy_units():
+    fit = fit_logit_line([0.2, 0.8], [0.1, 0.5])  # two points: the line passes through both
+    # Hand computation: slope = (logit .5 - logit .1) / (logit .8 - logit .2) = ln 9 / (2 ln 4)
+    assert fit.slope == pytest.approx(math.log(9) / (2 * math.log(4)), abs=1e-12)
+    id_acc = 0.5  # logit 0: predicted = sigmoid(intercept), intercept = mean of the y logits
+    predicted = 1 / (1 + math.exp(-0.5 * (math.log(1 / 9) + 0.0)))
+    er = effective_robustness(id_acc, predicted + 0.05, fit)
+    assert er.predicted_ood_accuracy == pytest.approx(predicted, abs=1e-12)
+    assert er.value == pytest.approx(0.05, abs=1e-12)
+    assert er.fit is fit
+
+
+def test_a_fit_needs_two_baselines_of_different_id_accuracy():
+    with pytest.raises(UserInputError, match="at least 2"):
+        fit_logit_line([0.5], [0.4])
+    with pytest.raises(UserInputError, match="same ID accuracy"):
+        fit_logit_line([0.5, 0.5], [0.4, 0.3])
+
+
+def _independent_testbed_points(shift: str) -> tuple[list[float], list[float]]:
+    """STANDARD models' logits read with the csv module (not the library's polars path)."""
+    pair = TESTBED_SHIFTS[shift]
+    xs, ys = [], []
+    with open(TESTBED_CSV, newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["model_type"] != "STANDARD" or row["model"] in pair.excluded_models:
+                continue
+            if not row[pair.id_column] or not row[shift]:
+                continue
+            x, y = float(row[pair.id_column]) / 100, float(row[shift]) / 100
+            xs.append(math.log(x / (1 - x)))
+            ys.append(math.log(y / (1 - y)))
+    return xs, ys
+
+
+@pytest.mark.parametrize("shift", sorted(TESTBED_SHIFTS))
+def test_testbed_fit_matches_scipy_linregress(shift):
+    xs, ys = _independent_testbed_points(shift)
+    reference = stats.linregress(xs, ys)
+    fit = fit_testbed(shift)
+    assert fit.n_points == len(xs) > 80
+    assert fit.slope == pytest.approx(reference.slope, abs=1e-10)
+    assert fit.intercept == pytest.approx(reference.intercept, abs=1e-10)
+    assert fit.r_squared == pytest.approx(reference.rvalue**2, abs=1e-10)
+
+
+def test_testbed_imagenetv2_fit_is_the_tight_published_trend():
+    fit = fit_testbed("imagenetv2-matched-frequency-format-val")
+    assert fit.r_squared > 0.99  # ImageNetV2 is the textbook "accuracy on the line" case
+    assert 0.85 < fit.slope < 1.0
+
+
+def test_multi_id_fit_matches_numpy_lstsq():
+    rng = np.random.default_rng(3)
+    id_accuracies = rng.uniform(0.2, 0.8, size=(12, 2))
+    ood = rng.uniform(0.1, 0.6, size=12)
+    fit = fit_logit_plane(id_accuracies, ood)
+    x = np.log(id_accuracies / (1 - id_accuracies))
+    y = np.log(ood / (1 - ood))
+    design = np.column_stack([x, np.ones(12)])
+    reference, *_ = np.linalg.lstsq(design, y, rcond=None)
+    assert fit.coefficients == pytest.approx(tuple(reference[:2]), abs=1e-10)
+    assert fit.intercept == pytest.approx(reference[2], abs=1e-10)
+    residual = y - design @ reference
+    assert fit.r_squared == pytest.approx(1 - residual @ residual / np.sum((y - y.mean()) ** 2))
+    assert fit.rank == 3 and fit.well_determined
+
+
+def test_single_id_er_positive_but_multi_id_er_zero_when_pool_id_explains_it():
+    """OOD accuracy depends on both ID sets (Shi et al.'s premise). A model strong on the
+    second ID set looks effectively robust against ID-1 alone, but not against both."""
+    rng = np.random.default_rng(0)
+    id1 = rng.uniform(0.3, 0.7, size=10)
+    id2 = rng.uniform(0.2, 0.4, size=10)  # baselines: weak on the pool distribution
+
+    def ood_of(a, b):
+        return inverse_logit(0.6 * logit(a) + 0.6 * logit(b) - 0.2)
+
+    baselines_ood = ood_of(id1, id2)
+    pool_model = (0.5, 0.75)  # strong on the pool's own held-out data
+    pool_ood = float(ood_of(*pool_model))
+    single = effective_robustness(pool_model[0], pool_ood, fit_logit_line(id1, baselines_ood))
+    plane = fit_logit_plane(np.column_stack([id1, id2]), baselines_ood)
+    multi = multi_id_effective_robustness(pool_model, pool_ood, plane)
+    assert single.value > 0.1
+    assert multi.value == pytest.approx(0.0, abs=1e-9)
+    assert plane.coefficients == pytest.approx((0.6, 0.6), abs=1e-9)
+    assert plane.r_squared == pytest.approx(1.0)
+
+
+SLOPE, INTERCEPT, TRUE_GAP = 0.8, -0.6, 0.04
+
+
+def _simulated_er(n_images: int, sim: int, n_boot: int = 200):
+    """Baselines exactly on the line in expectation, one pool TRUE_GAP above it; per-image
+    correctness drawn at random, so the measured ER scatters around the true ER."""
+    rng = np.random.default_rng(sim)
+
+    def draw(p):
+        return rng.random(n_images) < p
+
+    baselines = []
+    for index, id_p in enumerate((0.3, 0.4, 0.5, 0.6, 0.7, 0.8)):
+        ood_p = float(inverse_logit(SLOPE * logit(id_p) + INTERCEPT))
+        baselines.append(
+            run_result(f"b{index}", {ID_TASK: draw(id_p), SHIFT_TASK: draw(ood_p)}, baseline=True)
+        )
+    pool_id = 0.55
+    pool_ood = float(inverse_logit(SLOPE * logit(pool_id) + INTERCEPT)) + TRUE_GAP
+    pool = run_result("pool", {ID_TASK: draw(pool_id), SHIFT_TASK: draw(pool_ood)})
+    return estimate_er([pool], baselines, ID_TASK, SHIFT_TASK, n_boot=n_boot, seed=sim)
+
+
+def test_bootstrap_interval_covers_the_true_er_and_narrows_with_more_images():
+    estimates = [_simulated_er(1000, sim) for sim in range(30)]
+    assert all(e.baseline_refit and e.interval.method == "bootstrap-percentile" for e in estimates)
+    covered = sum(e.interval.low <= TRUE_GAP <= e.interval.high for e in estimates)
+    assert covered >= 25  # nominal 95% of 30 = 28.5; a broken interval covers far less
+    widths = {
+        n: np.mean(
+            [e.interval.high - e.interval.low for e in (_simulated_er(n, s) for s in range(5))]
+        )
+        for n in (500, 4000)
+    }
+    assert widths[4000] < 0.6 * widths[500]  # ~ sqrt(8) narrower in theory
+
+
+def test_fit_is_held_fixed_when_baselines_carry_no_correctness():
+    rng = np.random.default_rng(1)
+    baselines = [
+        run_result(
+            f"b{i}",
+            {ID_TASK: rng.random(500) < p, SHIFT_TASK: rng.random(500) < p - 0.15},
+            baseline=True,
+            with_bits=False,
+        )
+        for i, p in enumerate((0.4, 0.55, 0.7))
+    ]
+    pool = run_result("p", {ID_TASK: rng.random(500) < 0.5, SHIFT_TASK: rng.random(500) < 0.4})
+    estimate = estimate_er([pool], baselines, ID_TASK, SHIFT_TASK, n_boot=200)
+    assert not estimate.baseline_refit
+    assert estimate.interval.low < estimate.mean < estimate.interval.high
+
+
+def test_seed_interval_is_the_t_interval_when_no_correctness_is_recorded():
+    rng = np.random.default_rng(2)
+    baselines = [
+        run_result(f"b{i}", {ID_TASK: rng.random(800) < p, SHIFT_TASK: rng.random(800) < p - 0.2},
+                   baseline=True)
+        for i, p in enumerate((0.4, 0.5, 0.6, 0.7))
+    ]  # fmt: skip
+    seeds = [
+        run_result(f"s{s}", {ID_TASK: rng.random(800) < 0.55, SHIFT_TASK: rng.random(800) < 0.42},
+                   seed=s, with_bits=False)
+        for s in range(4)
+    ]  # fmt: skip
+    estimate = estimate_er(seeds, baselines, ID_TASK, SHIFT_TASK)
+    per_seed = np.array(estimate.per_seed)
+    low, high = stats.t.interval(0.95, 3, loc=per_seed.mean(), scale=stats.sem(per_seed))
+    assert estimate.interval.method == "t-seeds"
+    assert estimate.n_seeds == 4 and estimate.std == pytest.approx(per_seed.std(ddof=1))
+    assert (estimate.interval.low, estimate.interval.high) == pytest.approx((low, high))
+
+
+def test_difference_between_pools_is_significant_only_when_it_is_real():
+    rng = np.random.default_rng(4)
+    n = 4000
+    baselines = [
+        run_result(
+            f"b{i}",
+            {
+                ID_TASK: rng.random(n) < p,
+                SHIFT_TASK: rng.random(n) < inverse_logit(0.8 * logit(p) - 0.6),
+            },
+            baseline=True,
+        )
+        for i, p in enumerate((0.3, 0.45, 0.6, 0.75))
+    ]
+    on_line = float(inverse_logit(0.8 * logit(0.55) - 0.6))
+
+    def pool(name, gap, seed):
+        return run_result(
+            name,
+            {ID_TASK: rng.random(n) < 0.55, SHIFT_TASK: rng.random(n) < on_line + gap},
+            seed=seed,
+        )
+
+    robust = [pool(f"r{s}", 0.10, s) for s in range(2)]
+    plain = [pool(f"p{s}", 0.0, s) for s in range(2)]
+    plain_again = [pool(f"q{s}", 0.0, s) for s in range(2)]
+    real = er_difference(robust, plain, baselines, ID_TASK, SHIFT_TASK, n_boot=300)
+    null = er_difference(plain_again, plain, baselines, ID_TASK, SHIFT_TASK, n_boot=300)
+    assert real.difference == pytest.approx(0.10, abs=0.03)
+    assert real.significant and real.interval.low > 0
+    assert not null.significant and null.interval.low < 0 < null.interval.high
+
+
+def test_multi_id_estimate_uses_pool_holdout_as_second_id_set():
+    from eval.er_uncertainty import estimate_multi_id_er
+
+    rng = np.random.default_rng(5)
+    n = 2000
+    runs = []
+    for i, (a, b) in enumerate([(0.3, 0.2), (0.5, 0.25), (0.7, 0.3), (0.4, 0.35), (0.6, 0.22)]):
+        ood = float(inverse_logit(0.6 * logit(a) + 0.6 * logit(b) - 0.2))
+        runs.append(
+            run_result(
+                f"b{i}",
+                {
+                    ID_TASK: rng.random(n) < a,
+                    POOL_ID_TASK: rng.random(n) < b,
+                    SHIFT_TASK: rng.random(n) < ood,
+                },
+                baseline=True,
+            )
+        )
+    estimate = estimate_multi_id_er(runs[:2], runs, (ID_TASK, POOL_ID_TASK), SHIFT_TASK)
+    assert estimate.fit.n_points == 5 and estimate.fit.id_tasks == (ID_TASK, POOL_ID_TASK)
+    assert estimate.n_seeds == 2 and abs(estimate.mean) < 0.05

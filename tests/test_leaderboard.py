@@ -1,0 +1,159 @@
+"""The leaderboard on hand-built result records: ranking, seed aggregation, the DuckDB and
+parquet outputs, the comparability rule, and the plots."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, on_line, write_baselines, write_run
+from typer.testing import CliRunner
+
+import cli.results  # noqa: F401  (registers the commands tested here)
+from cli.app import app
+from curate.errors import UserInputError
+from curate.leaderboard import DATABASE_FILE, build_leaderboard, rich_tables
+from eval.plots import percent_ticks, plot_results
+
+SLOPE, INTERCEPT = 0.8, -0.6
+
+
+def _pool(root, name, id_accuracy, gap, seeds=(0,), key="key-1", pool_id=0.4):
+    for seed in seeds:
+        write_run(
+            root / name,
+            f"{name}-s{seed}",
+            {
+                ID_TASK: id_accuracy + 0.01 * seed,
+                SHIFT_TASK: on_line(id_accuracy, SLOPE, INTERCEPT, gap),
+                POOL_ID_TASK: pool_id,
+            },
+            pool=name,
+            seed=seed,
+            key=key,
+        )
+
+
+@pytest.fixture
+def scored(tmp_path):
+    write_baselines(tmp_path / "baselines", SLOPE, INTERCEPT)
+    _pool(tmp_path, "robust", 0.50, 0.06, seeds=(0, 1, 2))
+    _pool(tmp_path, "plain", 0.60, 0.00, seeds=(0, 1))
+    _pool(tmp_path, "middle", 0.55, 0.03)
+    return tmp_path
+
+
+def _independent_er(run_dir_accuracies, baselines_root):
+    """ER by np.polyfit on the baseline records' own acc1 values (a separate computation)."""
+    from eval.records import read_records
+
+    points = {}
+    for path in sorted(baselines_root.glob("results/*/results.jsonl")):
+        accuracies = {r["dataset"]: r["metrics"]["acc1"] for r in read_records(path)}
+        points[path] = (accuracies[ID_TASK], accuracies[SHIFT_TASK])
+    x, y = (np.log(np.array(v) / (1 - np.array(v))) for v in zip(*points.values(), strict=True))
+    slope, intercept = np.polyfit(x, y, 1)
+    id_acc, ood_acc = run_dir_accuracies
+    return ood_acc - 1 / (1 + np.exp(-(slope * np.log(id_acc / (1 - id_acc)) + intercept)))
+
+
+def test_leaderboard_ranks_by_er_and_writes_duckdb_and_parquet(scored, tmp_path):
+    board, written = build_leaderboard([scored], tmp_path / "out", n_boot=200)
+    database = tmp_path / "out" / DATABASE_FILE
+    assert written["database"] == database and database.is_file()
+    assert (tmp_path / "out" / "leaderboard.parquet").is_file()
+    connection = duckdb.connect(str(database), read_only=True)
+    tables = {row[0] for row in connection.execute("SHOW TABLES").fetchall()}
+    assert {"results", "runs", "leaderboard", "shift_er", "baseline_fits"} <= tables
+    ranking = connection.execute(
+        "SELECT pool, rank, n_seeds, seeds, cinic10_imagenet_er FROM leaderboard ORDER BY rank"
+    ).fetchall()
+    assert [row[0] for row in ranking] == ["robust", "middle", "plain"]
+    assert [row[2] for row in ranking] == [3, 1, 2] and ranking[0][3] == [0, 1, 2]
+    # 6 result runs + 5 baselines, 3 tasks each
+    assert connection.execute("SELECT count(*) FROM results").fetchall() == [(33,)]
+    assert connection.execute("SELECT count(*) FROM runs WHERE baseline").fetchall() == [(5,)]
+    connection.close()
+
+    # ER of the one-seed pool equals an independent computation from the records
+    records = pl.read_parquet(tmp_path / "out" / "results.parquet").filter(
+        pl.col("pool") == "middle"
+    )
+    accuracy = dict(zip(records["task"], records["acc1"], strict=True))
+    expected = _independent_er((accuracy[ID_TASK], accuracy[SHIFT_TASK]), scored / "baselines")
+    middle = pl.read_parquet(tmp_path / "out" / "leaderboard.parquet").filter(
+        pl.col("pool") == "middle"
+    )
+    assert middle["cinic10_imagenet_er"][0] == pytest.approx(expected, abs=1e-12)
+    assert middle["cinic10_imagenet_er"][0] == pytest.approx(0.03, abs=0.005)
+
+    # seeds: mean and std of the ID accuracy over the three seeds
+    robust = next(s for s in board.summaries if s.group.pool == "robust")
+    per_seed = [run.accuracy(ID_TASK) for run in robust.group.runs]
+    assert robust.accuracy[ID_TASK] == pytest.approx((np.mean(per_seed), np.std(per_seed, ddof=1)))
+    shift = robust.shifts[0]
+    assert shift.er.interval.low < shift.er.mean < shift.er.interval.high
+    assert shift.multi_id_er is not None and shift.multi_id_er.fit.id_tasks == (
+        ID_TASK,
+        POOL_ID_TASK,
+    )
+    assert shift.er.fit.n_points == 5 and shift.er.fit.slope == pytest.approx(SLOPE, abs=0.01)
+
+
+def test_rank_by_id_accuracy(scored, tmp_path):
+    board, _ = build_leaderboard([scored], tmp_path / "out", rank_by="id", n_boot=0)
+    assert [s.group.pool for s in board.summaries] == ["plain", "middle", "robust"]
+
+
+def test_incomparable_runs_are_never_ranked_together(scored, tmp_path):
+    _pool(scored, "other-setup", 0.45, -0.02, key="key-2")
+    with pytest.raises(UserInputError, match="cannot be ranked side by side"):
+        build_leaderboard([scored], tmp_path / "refused", n_boot=0)
+    assert not (tmp_path / "refused" / DATABASE_FILE).exists()
+
+    board, written = build_leaderboard([scored], tmp_path / "out", group_by_key=True, n_boot=0)
+    assert board.keys == ["key-1", "key-2"]
+    assert len(rich_tables(board)) == 2
+    connection = duckdb.connect(str(written["database"]), read_only=True)
+    ranks = connection.execute(
+        "SELECT comparability_key, pool, rank FROM leaderboard ORDER BY comparability_key, rank"
+    ).fetchall()
+    connection.close()
+    # the key-2 pool has the lowest ER of all, yet it is rank 1 of its own setup
+    assert ranks[-1] == ("key-2", "other-setup", 1)
+    assert [r[2] for r in ranks if r[0] == "key-1"] == [1, 2, 3]
+
+    result = CliRunner().invoke(app, ["leaderboard", str(scored), "--out", str(tmp_path / "cli")])
+    assert isinstance(result.exception, UserInputError)
+
+
+def test_without_baselines_er_is_missing_with_a_reason(tmp_path):
+    _pool(tmp_path, "lonely", 0.5, 0.0)
+    board, _ = build_leaderboard([tmp_path], tmp_path / "out", n_boot=0)
+    shift = board.summaries[0].shifts[0]
+    assert shift.er is None and "curate baseline" in shift.problem
+    row = pl.read_parquet(tmp_path / "out" / "leaderboard.parquet").row(0, named=True)
+    assert row["cinic10_imagenet_er"] is None and row["average_er"] is None
+
+
+def test_no_results_is_a_clear_error(tmp_path):
+    with pytest.raises(UserInputError, match="no results found"):
+        build_leaderboard([tmp_path], tmp_path / "out")
+
+
+def test_percent_ticks_are_nice_values_inside_the_range():
+    ticks = percent_ticks(0.25, 0.75)
+    assert 50 in ticks and all(25 <= t <= 75 for t in ticks) and len(ticks) >= 3
+    assert 99 in percent_ticks(0.9, 0.995)
+
+
+def test_plots_are_written_as_png_and_svg(scored, tmp_path):
+    written = plot_results([scored], tmp_path / "plots")
+    names = sorted(path.name for path in written)
+    assert names == ["cifar10_test__cinic10_imagenet.png", "cifar10_test__cinic10_imagenet.svg"]
+    with Image.open(tmp_path / "plots" / names[0]) as image:
+        assert image.size[0] > 500
+    svg = (tmp_path / "plots" / names[1]).read_text()
+    assert "<svg" in svg and "robust/clip-score/tiny" in svg
