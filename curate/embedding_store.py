@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 
+from curate.atomic import write_parquet
 from curate.layout import EmbeddingLayout, PoolLayout
 
 
@@ -60,3 +62,25 @@ def load_embeddings(pool_root: Path, name: str | None = None) -> Embeddings:
 
 def embedding_layout(pool_root: Path, name: str) -> EmbeddingLayout:
     return PoolLayout(Path(pool_root)).embeddings(name)
+
+
+CLIP_SCORE_CHUNK_ROWS = 65_536
+
+
+def write_clip_score(layout: EmbeddingLayout, samples: Path) -> None:
+    """Write ``clip_score.parquet`` (uid, clip_score) of an embedding set.
+
+    clip_score is the dot product of the stored float16 unit vectors, computed in float32
+    (the cosine of image and caption), so anyone can recompute it from image.npy and text.npy;
+    uids come from ``samples`` (the samples.parquet the arrays are row-aligned with).
+    """
+    image = np.load(layout.image, mmap_mode="r")
+    text = np.load(layout.text, mmap_mode="r")
+    scores = np.empty(image.shape[0], dtype=np.float32)
+    for start in range(0, image.shape[0], CLIP_SCORE_CHUNK_ROWS):
+        stop = start + CLIP_SCORE_CHUNK_ROWS
+        scores[start:stop] = np.einsum(
+            "ij,ij->i", image[start:stop].astype(np.float32), text[start:stop].astype(np.float32)
+        )
+    uids = pl.read_parquet(samples, columns=["uid"])
+    write_parquet(layout.clip_score, uids.with_columns(clip_score=pl.Series(scores)))

@@ -1,0 +1,80 @@
+"""`curate embed`: CLIP image and text embeddings of a pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.app import app
+
+
+@app.command("embed")
+def embed_command(
+    pool: Annotated[Path, typer.Argument(help="Pool directory (made by ingest or demo-pool).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip architecture, e.g. ViT-B-32 or curate-tiny-vit-p4. "
+            "Optional with --checkpoint DIR (read from its model_config.json)."
+        ),
+    ] = None,
+    pretrained: Annotated[
+        str | None,
+        typer.Option(
+            help="open_clip pretrained tag (e.g. laion2b_s34b_b79k; offline, it must already "
+            "be in the huggingface cache) or a local weights file (.pt/.bin/.safetensors)."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A curate checkpoint directory (from train-filter) or weights file."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of the embedding set (POOL/embeddings/NAME); filters select it by this "
+            "name. Default: derived from the model and its weights."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Samples per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help="cpu, or cuda (mixed precision).")] = "cpu",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=0, help="Image decoding processes (default: cores - 1, at most 8)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name.")] = False,
+) -> None:
+    """Embed a pool's images and captions with a CLIP model.
+
+    Writes POOL/embeddings/NAME/: image.npy and text.npy (float16, L2-normalised, row i is
+    row i of samples.parquet), clip_score.parquet (uid, clip_score = cosine of image and
+    caption; CLIP-score filters read it by set name) and meta.json (the model's identity).
+    An interrupted run resumes after its last finished shard when rerun the same way.
+
+    Example: curate embed demo/pool --checkpoint runs/filter-model
+    """
+    from curate.embedding import embed_pool
+
+    report = embed_pool(
+        pool,
+        arch=model,
+        pretrained=pretrained,
+        checkpoint=checkpoint,
+        name=name,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        overwrite=overwrite,
+    )
+    earlier = report.shards_total - len(report.shards_computed)
+    typer.echo(
+        f"embedded {report.rows:,} samples (dim {report.dim}) into {report.path} in "
+        f"{report.seconds:.1f}s ({report.images_per_second:,.0f} images/s)"
+        + (
+            f"; {earlier} of {report.shards_total} shards were done by an earlier run"
+            if earlier
+            else ""
+        )
+    )
