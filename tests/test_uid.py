@@ -1,7 +1,18 @@
 import numpy as np
+import polars as pl
 import pytest
 
-from curate.uid import load_subset, make_uid, pairs_to_uids, save_subset, to_subset_array
+from curate.uid import (
+    SUBSET_DTYPE,
+    load_subset,
+    make_uid,
+    pairs_to_uids,
+    save_subset,
+    sort_pairs,
+    to_subset_array,
+    uid_series_to_pairs,
+    uids_to_pairs,
+)
 
 
 def test_subset_round_trip_matches_datacomp_reference(tmp_path):
@@ -20,3 +31,24 @@ def test_subset_round_trip_matches_datacomp_reference(tmp_path):
 def test_bad_uid_is_named():
     with pytest.raises(ValueError, match="'xyz'"):
         to_subset_array(["xyz"])
+
+
+def test_uid_series_to_pairs_matches_the_list_conversion():
+    uids = [make_uid("c", str(i)) for i in range(1000)] + ["ffffffffffffffff0000000000000001"]
+    assert np.array_equal(uid_series_to_pairs(pl.Series(uids)), uids_to_pairs(uids))
+    assert np.array_equal(uid_series_to_pairs(pl.Series(uids[7:57])), uids_to_pairs(uids[7:57]))
+    for bad in ("abc", uids[0][:-1] + "g", uids[0] + "0", None):
+        with pytest.raises(ValueError, match=repr(bad)):
+            uid_series_to_pairs(pl.Series([uids[0], bad]))
+
+
+@pytest.mark.parametrize("high_values", [2**64, 8000, 3, 1])
+def test_sort_pairs_equals_numpy_sort(high_values):
+    rng = np.random.default_rng(high_values % 97)
+    pairs = np.empty(20_000, dtype=SUBSET_DTYPE)
+    pairs["f0"] = rng.integers(
+        0, high_values, len(pairs), dtype=np.uint64, endpoint=False
+    ) << np.uint64(0 if high_values == 2**64 else 40)
+    pairs["f1"] = rng.integers(0, 50, len(pairs), dtype=np.uint64)  # duplicates too
+    assert np.array_equal(sort_pairs(pairs), np.sort(pairs))
+    assert np.array_equal(sort_pairs(pairs[:1]), pairs[:1]) and len(sort_pairs(pairs[:0])) == 0

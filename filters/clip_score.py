@@ -1,0 +1,221 @@
+"""``clip_score``: keep samples whose image-text CLIP score is high (DataComp's "CLIP score"
+baselines; Gadre et al. 2023, section 4 and appendix).
+
+Either an absolute ``threshold`` (keep score >= threshold), or the top ``fraction`` of the
+pool, turned into a threshold exactly as DataComp's ``baselines/utils.py`` does::
+
+    n = int(len(scores) * fraction)
+    threshold = -np.sort(-scores)[n]          # the (n+1)-th largest score
+    keep = scores >= threshold                # ties at the threshold are all kept
+
+so a pool with ties at the threshold keeps a little more than ``fraction``. Here the
+``(n+1)``-th largest score comes from ``np.partition`` (linear time, the same element).
+Edge cases: ``fraction: 1`` keeps every sample that has a score (DataComp's indexing would
+fail there); ``fraction: 0`` keeps the samples tied at the maximum score (DataComp's rule).
+Missing (null or NaN) scores sort last and never pass.
+
+The threshold is computed ``over: pool`` (every row of ``samples.parquet``, DataComp's
+whole-pool semantics, whatever stages ran before) or ``over: remaining`` (only the rows this
+stage receives). Scores come from a ``column`` of ``samples.parquet`` (e.g.
+``clip_l14_similarity_score`` of a DataComp metadata pool) or from an embedding set's
+``clip_score.parquet`` (written by ``curate embed``).
+
+:func:`select_by_clip_score` applies the same rule to a directory of DataComp metadata
+parquet files directly, reading only the score column and then only the kept uids.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+from pydantic import Field, model_validator
+
+from curate.embedding_store import MissingEmbeddingsError, embedding_layout, list_embeddings
+from curate.errors import UserInputError
+from curate.layout import PoolLayout
+from curate.uid import halves_to_pairs, sort_pairs, uid_halves
+from filters.registry import StageContext, StageParams, StageResult, register_stage
+
+
+class ScoreSourceParams(StageParams):
+    column: str | None = Field(
+        None,
+        description="take scores from this column of samples.parquet (for example "
+        "clip_b32_similarity_score or clip_l14_similarity_score of a DataComp metadata pool)",
+    )
+    embeddings: str | None = Field(
+        None,
+        description="take scores from this embedding set's clip_score.parquet; when neither "
+        "column nor embeddings is given: the recipe's embedding set, or the pool's only one",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ScoreSourceParams:
+        if self.column is not None and self.embeddings is not None:
+            raise ValueError("give either column or embeddings as the score source, not both")
+        return self
+
+
+class ClipScoreParams(ScoreSourceParams):
+    threshold: float | None = Field(None, description="keep samples with score >= threshold")
+    fraction: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="keep the top fraction of samples by score (DataComp's rule; ties kept)",
+    )
+    over: Literal["pool", "remaining"] = Field(
+        "pool",
+        description="rows the fraction's threshold is computed over: 'pool' = every row of "
+        "samples.parquet (DataComp's whole-pool semantics), 'remaining' = the rows this stage "
+        "receives",
+    )
+
+    @model_validator(mode="after")
+    def _threshold_or_fraction(self) -> ClipScoreParams:
+        if (self.threshold is None) == (self.fraction is None):
+            raise ValueError("give exactly one of threshold or fraction")
+        return self
+
+
+def datacomp_threshold(scores: np.ndarray, fraction: float, *, overwrite: bool = False) -> float:
+    """The score at index ``int(len(scores) * fraction)`` of the scores sorted descending
+    (NaN last), as DataComp computes it; ``-inf`` when that index is past the end.
+    ``overwrite=True`` works in ``scores``' own memory (scrambling it) instead of a copy."""
+    index = int(len(scores) * fraction)
+    if index >= len(scores):
+        return -math.inf
+    negated = np.negative(scores, out=scores if overwrite else None)
+    negated.partition(index)
+    return float(-negated[index])
+
+
+def passes(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """``scores >= threshold`` compared in the scores' own dtype, as pandas/numpy do in
+    DataComp's baselines (a float32 column is compared with float32(threshold))."""
+    return scores >= scores.dtype.type(threshold)
+
+
+def row_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
+    """Scores of ``context.rows``, in row order (NaN where missing)."""
+    if source.column is not None:
+        return _column(context.rows, source.column, "the stage's rows").to_numpy()
+    path = _clip_score_path(context, source.embeddings)
+    scores = pl.read_parquet(path, columns=["uid", "clip_score"])
+    joined = context.rows.select("uid").join(scores, on="uid", how="left", maintain_order="left")
+    missing = joined["clip_score"].is_null()
+    if missing.any():
+        uid = joined.filter(missing)["uid"][0]
+        raise UserInputError(
+            f"{path}: no clip score for {missing.sum()} sample(s), e.g. uid {uid}; "
+            "rerun `curate embed` on this pool"
+        )
+    return joined["clip_score"].to_numpy()
+
+
+def pool_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
+    """Scores of every sample of the pool (all rows of samples.parquet)."""
+    if source.column is not None:
+        samples = PoolLayout(context.pool_root).samples
+        return _column(
+            pl.read_parquet(samples, columns=[source.column]), source.column, str(samples)
+        ).to_numpy()
+    path = _clip_score_path(context, source.embeddings)
+    return pl.read_parquet(path, columns=["clip_score"])["clip_score"].to_numpy()
+
+
+def _column(table: pl.DataFrame, name: str, where: str) -> pl.Series:
+    if name not in table.columns:
+        raise UserInputError(f"{where}: no score column {name!r}; columns are {table.columns}")
+    column = table[name]
+    if not column.dtype.is_numeric():
+        raise UserInputError(f"{where}: score column {name!r} is {column.dtype}, not numeric")
+    return column.cast(pl.Float64) if column.dtype.is_integer() else column
+
+
+def _clip_score_path(context: StageContext, name: str | None) -> Path:
+    available = list_embeddings(context.pool_root)
+    name = name or context.embeddings_name
+    if name is None:
+        if len(available) != 1:
+            raise MissingEmbeddingsError(
+                f"{context.pool_root}: clip_score needs scores: name an embedding set "
+                f"(have: {available or 'none'}) or a score column of samples.parquet"
+            )
+        name = available[0]
+    path = embedding_layout(context.pool_root, name).clip_score
+    if not path.is_file():
+        raise MissingEmbeddingsError(
+            f"{path} not found (embedding sets: {available or 'none'}); run `curate embed` first"
+        )
+    return path
+
+
+def threshold_stage_result(scores: np.ndarray, threshold: float, report: dict) -> StageResult:
+    keep = passes(scores, threshold)
+    removed = pl.DataFrame({"score": scores[~keep]}).select(
+        pl.format("clip score {} < {}", pl.col("score").round(4), pl.lit(round(threshold, 4)))
+    )
+    reason = np.full(len(keep), None, dtype=object)
+    reason[~keep] = removed.to_series().to_numpy()
+    return StageResult(
+        keep=keep, reason=reason, score=scores, report={"threshold": threshold, **report}
+    )
+
+
+@register_stage("clip_score", ClipScoreParams)
+def clip_score(context: StageContext, params: ClipScoreParams) -> StageResult:
+    scores = row_scores(context, params)
+    if params.threshold is not None:
+        return threshold_stage_result(scores, params.threshold, {})
+    reference = pool_scores(context, params) if params.over == "pool" else scores
+    threshold = datacomp_threshold(reference, params.fraction)
+    return threshold_stage_result(
+        scores,
+        threshold,
+        {"fraction": params.fraction, "over": params.over, "over_rows": len(reference)},
+    )
+
+
+@dataclass(frozen=True)
+class ClipScoreSelection:
+    threshold: float
+    subset: np.ndarray  # DataComp subset array: sorted u8,u8 uid pairs of the kept samples
+
+
+def select_by_clip_score(
+    paths: Sequence[Path],
+    column: str,
+    *,
+    fraction: float | None = None,
+    threshold: float | None = None,
+) -> ClipScoreSelection:
+    """DataComp's CLIP-score baseline over metadata parquet files (each with ``uid`` and the
+    score column): reads only the score column for the threshold, then streams the files
+    once more and turns only the kept rows' uids into ``u8,u8`` pairs."""
+    if (threshold is None) == (fraction is None):
+        raise ValueError("give exactly one of threshold or fraction")
+    metadata = pl.scan_parquet([str(p) for p in paths])
+    schema = metadata.collect_schema()
+    if column not in schema or not schema[column].is_float():
+        raise UserInputError(
+            f"{paths[0]}: no float score column {column!r}; columns are {dict(schema)}"
+        )
+    if threshold is None:
+        scores = metadata.select(column).collect()[column].to_numpy(writable=True)
+        threshold = datacomp_threshold(scores, fraction, overwrite=True)
+        del scores
+    score = pl.col(column)
+    # NaN sorts above every number in polars comparisons: exclude it as numpy/pandas do.
+    kept = metadata.filter((score >= pl.lit(threshold, dtype=schema[column])) & score.is_not_nan())
+    try:
+        pairs = halves_to_pairs(kept.select(uid_halves(pl.col("uid"))).collect(engine="streaming"))
+    except (ValueError, pl.exceptions.PolarsError) as error:
+        raise UserInputError(f"{paths[0]} (or a sibling file): bad uid: {error}") from None
+    return ClipScoreSelection(threshold=threshold, subset=sort_pairs(pairs))
