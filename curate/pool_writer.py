@@ -4,9 +4,14 @@ collect the rows of ``samples.parquet``, and publish the directory atomically.
 Sources (``curate.ingest.*``) yield :class:`SourceSample` or :class:`Skip`; the writer is
 the only place that decides what a valid sample is, so every source treats bad input alike.
 
+Metadata-only pools (``has_images=False``, e.g. DataComp's parquet without images) take
+whole tables instead: :meth:`PoolWriter.add_table` validates a part with polars expressions
+and appends its precomputed embeddings, so millions of rows never pass through Python one
+by one.
+
 Crash safety: the pool is built in ``.<name>.partial`` beside the output and renamed into
-place only when complete (manifest last). Each finished shard is recorded there, so a rerun
-of the same command resumes after the last finished shard instead of starting over.
+place only when complete (manifest last). Each finished shard (or table part) is recorded
+there, so a rerun of the same command resumes after it instead of starting over.
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 from webdataset import TarWriter
 
 from curate.atomic import (
+    atomic_path,
     exclusive_lock,
     publish_directory,
     staging_dir_for,
@@ -33,12 +40,26 @@ from curate.errors import UserInputError
 from curate.images import BadImageError, inspect_image
 from curate.layout import PoolLayout, sample_key
 from curate.manifest import Manifest, produced_by
+from curate.npy_appender import NpyAppender, compact_rows
 from curate.uid import is_valid_uid, make_uid
 
 # Fixed tar member mtime so that the same input gives byte-identical shards.
 SHARD_MTIME = 1_700_000_000
 MAX_SKIP_EXAMPLES = 50
 CORE_COLUMNS = ("uid", "text", "width", "height", "sha256", "source", "shard", "key", "image_ext")
+CORE_SCHEMA = {
+    "uid": pl.String,
+    "text": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "sha256": pl.String,
+    "source": pl.String,
+    "shard": pl.String,
+    "key": pl.String,
+    "image_ext": pl.String,
+}
+EMBEDDING_CHUNK_ROWS = 65_536
+UID_PATTERN = r"^[0-9a-f]{32}$"
 
 
 @dataclass(frozen=True)
@@ -59,6 +80,27 @@ class Skip:
 
     where: str
     reason: str
+
+
+class RowChunks(Protocol):
+    """A 2-d array read in row order, one block at a time (an ``.npz`` member, a memmap...)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def chunks(self, rows_per_chunk: int) -> Iterator[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class PartEmbeddings:
+    """Precomputed embeddings of one table part, row-aligned with it (before validation)."""
+
+    image: RowChunks
+    text: RowChunks | None
+    meta: Mapping[str, Any]  # model identity for meta.json: arch, pretrained, ...
 
 
 class IngestError(UserInputError):
@@ -97,6 +139,7 @@ class PoolWriter:
         samples_per_shard: int = 10_000,
         overwrite: bool = False,
         extra: dict[str, Any] | None = None,
+        has_images: bool = True,
     ) -> None:
         self.out = Path(out)
         self.name = name
@@ -107,6 +150,8 @@ class PoolWriter:
         self.overwrite = overwrite
         # More manifest ``extra`` entries (e.g. a demo pool's holdout); may be set before exit.
         self.extra: dict[str, Any] = dict(extra or {})
+        self.has_images = has_images
+        self.source_stats: dict[str, Any] = {}  # what the source reports (img2dataset's stats)
         self.staging = staging_dir_for(self.out)
         self.layout = PoolLayout(self.staging)
         self.skips: Counter[str] = Counter()
@@ -119,6 +164,13 @@ class PoolWriter:
         self._shard_index = 0
         self._seen_uids: set[str] = set()
         self._lock = exclusive_lock(self.out)
+        # metadata-only pools: table parts and the embedding files they append to
+        self._parts_added = 0
+        self._parts_resumed = 0
+        self._rows_written = 0
+        self._embedding_names: list[str] | None = None
+        self._embedding_meta: dict[str, dict[str, Any]] = {}
+        self._sinks: dict[tuple[str, str], NpyAppender] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def __enter__(self) -> PoolWriter:
@@ -138,6 +190,8 @@ class PoolWriter:
                 self._finish()
             else:
                 self._close_tar(complete=False)
+                for sink in self._sinks.values():
+                    sink.close()
         finally:
             self._lock.__exit__(exc_type, exc, tb)
 
@@ -157,8 +211,14 @@ class PoolWriter:
             return
         self._shard_index = progress["shards_done"]
         self._resume_from = progress["samples_done"]
+        self._parts_resumed = progress.get("parts_done", 0)
+        self._rows_written = progress.get("rows_done", 0)
+        self._embedding_names = progress.get("embeddings")
         for stale in self.layout.shards_dir.glob("*.tar*"):
             if int(stale.name[:5]) >= self._shard_index:
+                stale.unlink()
+        for stale in (self.staging / "rows").glob("part-*.parquet"):
+            if int(stale.stem[5:]) >= self._parts_resumed:
                 stale.unlink()
 
     def _read_progress(self) -> dict[str, Any] | None:
@@ -166,7 +226,9 @@ class PoolWriter:
         if not path.is_file():
             return None
         progress = json.loads(path.read_text("utf-8"))
-        if progress.get("fingerprint") != self._fingerprint():
+        # compared as JSON, the form it was stored in (tuples come back as lists)
+        fingerprint = json.loads(json.dumps(self._fingerprint(), sort_keys=True, default=str))
+        if progress.get("fingerprint") != fingerprint:
             return None  # staging from a different command or input: start over
         return progress
 
@@ -175,6 +237,7 @@ class PoolWriter:
             "source": self.source,
             "params": self.params,
             "samples_per_shard": self.samples_per_shard,
+            "has_images": self.has_images,
         }
 
     def _progress_record(self, shards_done: int, samples_done: int) -> dict[str, Any]:
@@ -182,6 +245,9 @@ class PoolWriter:
             "fingerprint": self._fingerprint(),
             "shards_done": shards_done,
             "samples_done": samples_done,
+            "parts_done": self._parts_added,
+            "rows_done": self._rows_written,
+            "embeddings": self._embedding_names,
         }
 
     # -- adding samples ----------------------------------------------------------------
@@ -196,6 +262,8 @@ class PoolWriter:
 
     def add(self, item: SourceSample | Skip) -> bool:
         """Validate and store one sample; returns False when it was skipped."""
+        if not self.has_images:
+            raise TypeError("a metadata-only pool (has_images=False) takes tables: use add_table")
         if isinstance(item, Skip):
             self.skip(item.where, item.reason)
             return False
@@ -249,6 +317,167 @@ class PoolWriter:
             self._close_tar(complete=True)
         return True
 
+    # -- metadata-only pools -------------------------------------------------------------
+    def add_table(
+        self,
+        table: pl.DataFrame,
+        *,
+        where: str,
+        embeddings: Mapping[str, PartEmbeddings] | None = None,
+    ) -> int:
+        """Validate and store one part of a metadata-only pool; returns the rows kept.
+
+        ``table`` has ``uid`` and ``text`` and any other columns (url, width, height, sha256,
+        source, scores...); ``where`` names the input it came from, for messages. Rows with
+        an invalid uid or a missing/empty caption are counted skips; duplicate uids are
+        removed (first one kept) when the pool is finished. ``embeddings`` (by set name) are
+        row-aligned with ``table`` and go to ``embeddings/<name>/`` L2-normalised float16.
+        """
+        if self.has_images:
+            raise TypeError("add_table is for metadata-only pools (PoolWriter(has_images=False))")
+        missing = [c for c in ("uid", "text") if c not in table.columns]
+        if missing:
+            raise IngestError(f"{where}: missing column(s) {', '.join(missing)}")
+        embeddings = dict(embeddings or {})
+        self._check_embedding_names(where, embeddings, table.height)
+        keep = self._validate_table(table, where)
+        part_index = self._parts_added
+        self._parts_added += 1
+        kept = int(keep.sum())
+        for name, part in embeddings.items():
+            self._embedding_meta[name] = dict(part.meta)
+        if part_index < self._parts_resumed:
+            return kept  # stored by an earlier run; validated again only to count skips
+        rows = _core_typed(
+            table.filter(pl.Series(keep))
+            .with_columns(pl.col("text").str.strip_chars())
+            .drop("shard", "key", "image_ext", strict=False)  # no images: nothing to point at
+        )
+        write_parquet(self.staging / "rows" / f"part-{part_index:05d}.parquet", rows)
+        for name, part in embeddings.items():
+            for modality, source in (("image", part.image), ("text", part.text)):
+                if source is not None:
+                    self._append_embeddings(name, modality, source, keep)
+        for sink in self._sinks.values():
+            sink.flush()
+        self._rows_written += kept
+        write_json(self._progress_path(), self._progress_record(0, 0))
+        return kept
+
+    def _check_embedding_names(
+        self, where: str, embeddings: Mapping[str, PartEmbeddings], rows: int
+    ) -> None:
+        names = sorted(embeddings)
+        if self._embedding_names is None:
+            self._embedding_names = names
+        elif names != self._embedding_names:
+            raise IngestError(
+                f"{where}: has embeddings {names or 'none'} but the parts before it had "
+                f"{self._embedding_names or 'none'}; every part needs the same embedding sets "
+                "so that rows stay aligned"
+            )
+        for name, part in embeddings.items():
+            for modality, source in (("image", part.image), ("text", part.text)):
+                if source is not None and source.rows != rows:
+                    raise IngestError(
+                        f"{where}: {name} {modality} embeddings have {source.rows} rows but the "
+                        f"table has {rows}; they must be row-aligned"
+                    )
+
+    def _validate_table(self, table: pl.DataFrame, where: str) -> np.ndarray:
+        """Keep-mask of the valid rows; the others are counted as skips (vectorised)."""
+        if table.schema["text"] != pl.String:
+            raise IngestError(
+                f"{where}: column 'text' is {table.schema['text']}, expected strings (UTF-8)"
+            )
+        uid = pl.col("uid").cast(pl.String)
+        reason = (
+            pl.when(uid.is_null() | ~uid.str.contains(UID_PATTERN))
+            .then(pl.format("invalid uid: {} (expected 32 lowercase hex characters)", uid))
+            .when(pl.col("text").is_null())
+            .then(pl.lit("missing caption"))
+            .when(pl.col("text").str.strip_chars() == "")
+            .then(pl.lit("empty caption"))
+            .otherwise(None)
+            .alias("reason")
+        )
+        reasons = table.select(reason).with_row_index("row")
+        bad = reasons.filter(pl.col("reason").is_not_null())
+        for row, text in bad.head(MAX_SKIP_EXAMPLES).iter_rows():
+            self.skip(f"{where} row {row}", text or "invalid uid: null")
+        if bad.height > MAX_SKIP_EXAMPLES:
+            rest = bad.slice(MAX_SKIP_EXAMPLES).select(
+                pl.col("reason").fill_null("invalid uid").str.split(":").list.first()
+            )
+            for (key,), count in rest.group_by("reason").len().iter_rows():
+                self.skips[key] += count
+        return reasons["reason"].is_null().to_numpy()
+
+    def _append_embeddings(
+        self, name: str, modality: str, source: RowChunks, keep: np.ndarray
+    ) -> None:
+        sink = self._sinks.get((name, modality))
+        if sink is None:
+            path = self.layout.embeddings(name).root / f"{modality}.npy"
+            sink = NpyAppender(path, source.dim, rows=self._rows_written)
+            self._sinks[(name, modality)] = sink
+        start = 0
+        for block in source.chunks(EMBEDDING_CHUNK_ROWS):
+            block_keep = keep[start : start + len(block)]
+            start += len(block)
+            vectors = np.asarray(block, dtype=np.float32)[block_keep]
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            sink.append(vectors / np.where(norms > 0, norms, 1))
+
+    def _finish_embeddings(
+        self, samples: Path, keep: np.ndarray | None, manifest: Manifest
+    ) -> None:
+        for sink in self._sinks.values():
+            sink.close()
+        for name in self._embedding_names or []:
+            layout = self.layout.embeddings(name)
+            for path in (layout.image, layout.text):
+                if path.is_file() and keep is not None:
+                    compact_rows(path, keep)
+            if not layout.image.is_file():  # no rows at all
+                continue
+            rows = np.load(layout.image, mmap_mode="r").shape[0]
+            if layout.text.is_file():
+                _write_clip_score(layout, samples)
+            write_json(
+                layout.meta,
+                {
+                    **self._embedding_meta.get(name, {}),
+                    "name": name,
+                    "rows": rows,
+                    "dtype": "float16",
+                    "normalized": True,
+                    "pool": {
+                        "name": self.name,
+                        "root": str(self.out.resolve()),
+                        "created": manifest.created,
+                    },
+                    "produced_by": produced_by(self.command, **self.params),
+                },
+            )
+
+    def _duplicate_rows(self, rows: pl.LazyFrame) -> np.ndarray | None:
+        """Keep-mask without the second and later rows of each uid; None when all are unique."""
+        flagged = (
+            rows.select("uid")
+            .with_row_index("row")
+            .filter(~pl.col("uid").is_first_distinct())
+            .collect()
+        )
+        if flagged.height == 0:
+            return None
+        for row, uid in flagged.iter_rows():
+            self.skip(f"samples row {row}", f"duplicate uid: {uid}")
+        total = rows.select(pl.len()).collect().item()
+        keep = np.ones(total, dtype=bool)
+        keep[flagged["row"].to_numpy()] = False
+        return keep
+
     # -- shards ------------------------------------------------------------------------
     def _open_tar(self, shard_index: int) -> TarWriter:
         if self._tar is None:
@@ -280,29 +509,64 @@ class PoolWriter:
         self._close_tar(complete=True)
         parts = sorted((self.staging / "rows").glob("*.parquet"))
         if parts:
-            samples = pl.concat([pl.read_parquet(p) for p in parts], how="diagonal_relaxed")
+            rows = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
         else:
-            samples = pl.DataFrame(schema={c: pl.String for c in CORE_COLUMNS})
-        write_parquet(self.layout.samples, samples)
+            rows = pl.LazyFrame(schema=CORE_SCHEMA)
+        keep = None if self.has_images else self._duplicate_rows(rows)
+        if keep is not None:
+            rows = rows.filter(pl.Series(keep))
+        with atomic_path(self.layout.samples) as tmp:
+            rows.sink_parquet(tmp, compression="zstd")
+        sample_count = pl.scan_parquet(self.layout.samples).select(pl.len()).collect().item()
         report = {
-            "accepted": self.accepted,
+            "accepted": sample_count,
             "skipped": sum(self.skips.values()),
             "skipped_by_reason": dict(self.skips.most_common()),
             "skip_examples": self.skip_examples,
         }
+        if self.source_stats:
+            report["source_stats"] = self.source_stats
+        manifest = Manifest(
+            name=self.name,
+            kind="pool",
+            source=self.source,
+            sample_count=sample_count,
+            has_images=self.has_images,
+            produced_by=produced_by(self.command, **self.params),
+            extra={"ingest": {k: report[k] for k in ("accepted", "skipped")}, **self.extra},
+        )
+        if not self.has_images:
+            self._finish_embeddings(self.layout.samples, keep, manifest)
+            self.layout.shards_dir.rmdir()
         write_json(self.layout.ingest_report, report)
         import shutil
 
         shutil.rmtree(self.staging / "rows")
         self._progress_path().unlink()
-        Manifest(
-            name=self.name,
-            kind="pool",
-            source=self.source,
-            sample_count=samples.height,
-            has_images=True,
-            produced_by=produced_by(self.command, **self.params),
-            extra={"ingest": {k: report[k] for k in ("accepted", "skipped")}, **self.extra},
-        ).write(self.staging)
+        manifest.write(self.staging)
         publish_directory(self.staging, self.out, overwrite=self.overwrite)
         self.report = report
+
+
+def _core_typed(rows: pl.DataFrame) -> pl.DataFrame:
+    """Core columns with their fixed types (missing ones as nulls), extra columns after."""
+    core = [
+        (pl.col(name).cast(dtype) if name in rows.columns else pl.lit(None, dtype)).alias(name)
+        for name, dtype in CORE_SCHEMA.items()
+    ]
+    extras = [c for c in rows.columns if c not in CORE_SCHEMA]
+    return rows.select(*core, *extras)
+
+
+def _write_clip_score(layout: Any, samples: Path) -> None:
+    """clip_score = image · text of the stored (float16, unit) vectors, in float32."""
+    image = np.load(layout.image, mmap_mode="r")
+    text = np.load(layout.text, mmap_mode="r")
+    scores = np.empty(image.shape[0], dtype=np.float32)
+    for start in range(0, image.shape[0], EMBEDDING_CHUNK_ROWS):
+        stop = start + EMBEDDING_CHUNK_ROWS
+        scores[start:stop] = np.einsum(
+            "ij,ij->i", image[start:stop].astype(np.float32), text[start:stop].astype(np.float32)
+        )
+    uids = pl.read_parquet(samples, columns=["uid"])
+    write_parquet(layout.clip_score, uids.with_columns(clip_score=pl.Series(scores)))

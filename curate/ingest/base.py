@@ -1,0 +1,100 @@
+"""What every ingest source hands to the driver (:mod:`curate.ingest.run`).
+
+An image source yields :class:`~curate.pool_writer.SourceSample` / ``Skip`` items one by one
+(each image must be decoded anyway); a metadata source (no images) yields whole tables so
+that millions of rows are validated and written by column.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curate.pool_writer import IngestError, PartEmbeddings, Skip, SourceSample
+
+CAPTION_COLUMNS = ("caption", "text", "txt")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """How to read a source; every field is optional and most sources need none."""
+
+    caption_column: str | None = None  # default: the first of CAPTION_COLUMNS present
+    caption_template: str | None = None  # e.g. "a photo of a {class_name}", from other columns
+    image_column: str | None = None  # default: the column holding image bytes
+    captions_file: Path | None = None  # image folder: the CSV/JSONL with file + caption
+    split: str | None = None  # a saved DatasetDict: which split
+
+    def record(self) -> dict[str, Any]:
+        """The options that were set, JSON-ready (recorded in the manifest)."""
+        return {k: str(v) for k, v in self.__dict__.items() if v is not None}
+
+
+@dataclass
+class ImageItems:
+    """An image source: items in input order, and how many rows it has (for progress)."""
+
+    items: Iterable[SourceSample | Skip]
+    total: int | None
+    source_stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetadataPart:
+    """One table of a metadata-only source, with its row-aligned embeddings by set name."""
+
+    table: Any  # polars DataFrame
+    where: str
+    embeddings: Mapping[str, PartEmbeddings] = field(default_factory=dict)
+
+
+@dataclass
+class MetadataParts:
+    parts: Iterable[MetadataPart]
+    total: int
+
+
+def caption_column(columns: list[str], options: IngestOptions, where: str) -> str | None:
+    """The caption column to use, or None when a template builds captions.
+
+    Raises a message that names the file, the missing column and the way out.
+    """
+    if options.caption_column is not None:
+        if options.caption_column not in columns:
+            raise IngestError(
+                f"{where}: no column {options.caption_column!r} (from --caption-column); "
+                f"columns are: {', '.join(columns)}"
+            )
+        return options.caption_column
+    if options.caption_template is not None:
+        return None
+    found = next((c for c in CAPTION_COLUMNS if c in columns), None)
+    if found is not None:
+        return found
+    hint = ""
+    if "class_name" in columns:
+        hint = (
+            " It has a 'class_name' column: to caption by class, pass "
+            "--caption-template 'a photo of a {class_name}'."
+        )
+    raise IngestError(
+        f"{where}: missing caption column (looked for {', '.join(CAPTION_COLUMNS)}); "
+        f"columns are: {', '.join(columns)}.{hint} Or name the column with --caption-column NAME."
+    )
+
+
+def template_fields(template: str) -> list[str]:
+    import string
+
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name]
+
+
+def check_template(template: str, columns: list[str], where: str) -> None:
+    missing = [name for name in template_fields(template) if name not in columns]
+    if missing:
+        raise IngestError(
+            f"{where}: --caption-template uses column(s) {', '.join(missing)} that the input "
+            f"does not have; columns are: {', '.join(columns)}"
+        )

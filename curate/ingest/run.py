@@ -1,0 +1,172 @@
+"""The ingest driver: read a source, feed the pool writer, show progress, return the report."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from curate.ingest import load_source
+from curate.ingest.base import ImageItems, IngestOptions, MetadataParts
+from curate.ingest.detect import detect_format
+from curate.ingest.hf_dataset import dataset_items
+from curate.pool_writer import PoolWriter
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    pool: Path
+    format: str
+    has_images: bool
+    report: dict[str, Any]  # as in the pool's ingest_report.json
+    seconds: float
+
+
+@contextlib.contextmanager
+def progress_bar(
+    total: int | None, description: str, enabled: bool
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)``; a rich progress bar when enabled, a no-op otherwise."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _input_signature(path: Path) -> list[tuple[str, int, int]]:
+    """Names, sizes and mtimes of the input's top-level files: a rerun resumes only when the
+    input is unchanged."""
+    entries = [path] if path.is_file() else sorted(path.iterdir())
+    return [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in entries if p.is_file()]
+
+
+def ingest(
+    source: Path | str,
+    out: Path | str,
+    *,
+    format: str | None = None,
+    options: IngestOptions | None = None,
+    name: str | None = None,
+    samples_per_shard: int = 10_000,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> IngestResult:
+    """Make the pool ``out`` from ``source`` (format detected unless given)."""
+    source, out = Path(source), Path(out)
+    options = options or IngestOptions()
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist")
+    fmt = format or detect_format(source)
+    reader = load_source(fmt).read(source, options)
+    record = {"type": fmt, "path": str(source.resolve()), **options.record()}
+    return write_pool(
+        reader,
+        out,
+        fmt=fmt,
+        name=name or out.name,
+        source_record=record,
+        params={"input": _input_signature(source)},
+        samples_per_shard=samples_per_shard,
+        overwrite=overwrite,
+        show_progress=show_progress,
+    )
+
+
+def ingest_hf_dataset(
+    dataset: Any,
+    out: Path | str,
+    *,
+    options: IngestOptions | None = None,
+    name: str | None = None,
+    samples_per_shard: int = 10_000,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> IngestResult:
+    """Make a pool from a ``datasets.Dataset`` object (e.g. loaded from local parquet files
+    or an image folder with ``HF_DATASETS_OFFLINE=1``)."""
+    out = Path(out)
+    options = options or IngestOptions()
+    label = name or out.name
+    reader = dataset_items(dataset, options, source=label, where=f"dataset {label}")
+    record = {
+        "type": "hf-dataset",
+        "fingerprint": getattr(dataset, "_fingerprint", None),
+        "rows": len(dataset),
+        **options.record(),
+    }
+    return write_pool(
+        reader,
+        out,
+        fmt="hf-dataset",
+        name=label,
+        source_record=record,
+        params={},
+        samples_per_shard=samples_per_shard,
+        overwrite=overwrite,
+        show_progress=show_progress,
+    )
+
+
+def write_pool(
+    reader: ImageItems | MetadataParts,
+    out: Path,
+    *,
+    fmt: str,
+    name: str,
+    source_record: dict[str, Any],
+    params: dict[str, Any],
+    samples_per_shard: int,
+    overwrite: bool,
+    show_progress: bool,
+    command: str = "ingest",
+) -> IngestResult:
+    started = time.perf_counter()
+    has_images = isinstance(reader, ImageItems)
+    with PoolWriter(
+        out,
+        name=name,
+        source=source_record,
+        command=command,
+        params=params,
+        samples_per_shard=samples_per_shard,
+        overwrite=overwrite,
+        has_images=has_images,
+    ) as writer:
+        with progress_bar(reader.total, f"{command} {name}", show_progress) as advance:
+            if isinstance(reader, ImageItems):
+                writer.source_stats = reader.source_stats
+                for item in reader.items:
+                    writer.add(item)
+                    advance(1)
+            else:
+                for part in reader.parts:
+                    writer.add_table(part.table, where=part.where, embeddings=part.embeddings)
+                    advance(part.table.height)
+    return IngestResult(
+        pool=out,
+        format=fmt,
+        has_images=has_images,
+        report=writer.report,
+        seconds=time.perf_counter() - started,
+    )
