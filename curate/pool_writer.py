@@ -36,6 +36,7 @@ from curate.atomic import (
     write_json,
     write_parquet,
 )
+from curate.embedding_store import write_clip_score
 from curate.errors import UserInputError
 from curate.images import BadImageError, inspect_image
 from curate.layout import PoolLayout, sample_key
@@ -114,7 +115,9 @@ def _clean_caption(text: str | bytes | None) -> str:
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise ValueError(f"caption is not valid UTF-8 ({error.reason} at byte {error.start})")
+            raise ValueError(
+                f"caption is not valid UTF-8 ({error.reason} at byte {error.start})"
+            ) from None
     text = text.strip()
     if not text:
         raise ValueError("empty caption")
@@ -443,7 +446,7 @@ class PoolWriter:
                 continue
             rows = np.load(layout.image, mmap_mode="r").shape[0]
             if layout.text.is_file():
-                _write_clip_score(layout, samples)
+                write_clip_score(layout, samples)
             write_json(
                 layout.meta,
                 {
@@ -556,17 +559,3 @@ def _core_typed(rows: pl.DataFrame) -> pl.DataFrame:
     ]
     extras = [c for c in rows.columns if c not in CORE_SCHEMA]
     return rows.select(*core, *extras)
-
-
-def _write_clip_score(layout: Any, samples: Path) -> None:
-    """clip_score = image · text of the stored (float16, unit) vectors, in float32."""
-    image = np.load(layout.image, mmap_mode="r")
-    text = np.load(layout.text, mmap_mode="r")
-    scores = np.empty(image.shape[0], dtype=np.float32)
-    for start in range(0, image.shape[0], EMBEDDING_CHUNK_ROWS):
-        stop = start + EMBEDDING_CHUNK_ROWS
-        scores[start:stop] = np.einsum(
-            "ij,ij->i", image[start:stop].astype(np.float32), text[start:stop].astype(np.float32)
-        )
-    uids = pl.read_parquet(samples, columns=["uid"])
-    write_parquet(layout.clip_score, uids.with_columns(clip_score=pl.Series(scores)))
