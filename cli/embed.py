@@ -78,3 +78,46 @@ def embed_command(
             else ""
         )
     )
+
+
+@app.command("embed-images")
+def embed_images_command(
+    images: Annotated[
+        Path, typer.Argument(help="Image parquet in the Hugging Face layout (image{bytes,path}).")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The .npy file to write (float16 rows).")],
+    pool: Annotated[
+        Path | None,
+        typer.Option(help="Use the model that made this pool's embedding set (see --embeddings)."),
+    ] = None,
+    embeddings: Annotated[
+        str | None, typer.Option(help="The pool's embedding set (needed if it has several).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A curate checkpoint directory, instead of --pool.")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="SQL row filter on the parquet, e.g. \"split = 'test'\".")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, or cuda.")] = "cpu",
+) -> None:
+    """Embed another image set with a pool's model, for stages that compare against it.
+
+    image_based needs the downstream task's training images, decontaminate the evaluation
+    images, both embedded by the same model as the pool. Example:
+
+      curate embed-images curate/demo_data/cifar10_train.parquet --pool demo/pool
+        --out demo/pool/targets/cifar10_train.npy
+    """
+    from curate.embed_images import embed_image_parquet
+
+    vectors = embed_image_parquet(
+        images,
+        out,
+        pool=pool,
+        embeddings=embeddings,
+        checkpoint=checkpoint,
+        row_filter=where,
+        device=device,
+    )
+    typer.echo(f"wrote {vectors.shape[0]:,} x {vectors.shape[1]} embeddings to {out}")
