@@ -1,0 +1,68 @@
+"""DataComp's image-based filter (Gadre et al., 2023; mlfoundations/datacomp, baselines/).
+
+Cluster the pool's image embeddings with k-means (100,000 clusters for the 12.8M-sample small
+pool: 128 samples per cluster, the default here), find for each image of a
+target set (ImageNet-1k train in DataComp; here any set embedded with the same model) its
+nearest centroid, and keep the pool samples whose own nearest centroid is one of those.
+DataComp trains plain L2 k-means and assigns by the largest inner product with the centroids;
+this module does the same (``spherical=True`` normalises centroids instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from curate.dedup.clustering import assign, kmeans
+
+ROWS_PER_CLUSTER = 128  # DataComp: 12.8M samples / 100,000 clusters
+
+
+def default_n_clusters(n_rows: int) -> int:
+    return max(1, round(n_rows / ROWS_PER_CLUSTER))
+
+
+@dataclass(frozen=True)
+class ImageBasedSelection:
+    keep: np.ndarray  # per pool row: its cluster is the nearest cluster of some target image
+    cluster_ids: np.ndarray  # per pool row: nearest centroid
+    target_clusters: np.ndarray  # sorted unique nearest centroids of the target images
+    centroids: np.ndarray
+
+
+def image_based_keep(
+    pool_image_emb: np.ndarray,
+    target_image_emb: np.ndarray,
+    n_clusters: int | None = None,
+    seed: int = 0,
+    *,
+    n_iter: int = 20,
+    train_sample: int | None = None,
+    spherical: bool = False,
+    centroids: np.ndarray | None = None,
+    progress: bool = False,
+) -> ImageBasedSelection:
+    """Select the pool rows that fall into a cluster some target image falls into.
+
+    ``centroids`` skips k-means (precomputed or cached centroids); otherwise k-means runs on a
+    seeded sample of ``train_sample`` pool rows (see :func:`curate.dedup.clustering.kmeans`).
+    """
+    if centroids is None:
+        centroids = kmeans(
+            pool_image_emb,
+            n_clusters or default_n_clusters(len(pool_image_emb)),
+            n_iter=n_iter,
+            seed=seed,
+            train_sample=train_sample,
+            spherical=spherical,
+        )
+    cluster_ids, _ = assign(pool_image_emb, centroids, progress=progress)
+    target_ids, _ = assign(target_image_emb, centroids)
+    target_clusters = np.unique(target_ids)
+    return ImageBasedSelection(
+        keep=np.isin(cluster_ids, target_clusters),
+        cluster_ids=cluster_ids,
+        target_clusters=target_clusters,
+        centroids=centroids,
+    )
