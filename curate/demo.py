@@ -49,6 +49,9 @@ class DemoProfile:
     recipes: tuple[str, ...] = DEMO_RECIPES
     tasks: tuple[str, ...] = TASKS
     report_bootstrap: int = 1000
+    # SQL row filter on the CIFAR-10 train file for the trusted slice and the image_based
+    # targets (None: all 10,000 images); the smoke profile takes a few hundred
+    train_slice: str | None = None
 
 
 PROFILES: dict[str, DemoProfile] = {
@@ -83,6 +86,7 @@ PROFILES: dict[str, DemoProfile] = {
         seeds=(0,),
         recipes=("demo_no_filter", "demo_clip_top50"),
         report_bootstrap=50,
+        train_slice=r"regexp_like(image.path, '/00[0-9][0-9]\.jpg$')",
     ),
 }
 
@@ -135,7 +139,7 @@ def run_demo(
         step("demo pool", lambda: _demo_pool(paths, profile, show_progress))
         step("filter network", lambda: _filter_network(paths, profile, show_progress))
         step("embed pool", lambda: _embed(paths, show_progress))
-        step("target embeddings", lambda: _targets(paths))
+        step("target embeddings", lambda: _targets(paths, profile))
         for recipe in profile.recipes:
             step(f"build {recipe}", lambda r=recipe: _build(paths, r))
         step("baseline line", lambda: _baselines(paths, profile, show_progress))
@@ -205,6 +209,7 @@ def _filter_network(paths: _DemoPaths, profile: DemoProfile, show_progress: bool
             paths.filter_network,
             scale_name=profile.filter_scale,
             caption_templates=FILTER_CAPTIONS,
+            row_filter=profile.train_slice,
             show_progress=show_progress,
         )
 
@@ -222,14 +227,18 @@ def _embed(paths: _DemoPaths, show_progress: bool) -> None:
         )
 
 
-def _targets(paths: _DemoPaths) -> None:
+def _targets(paths: _DemoPaths, profile: DemoProfile) -> None:
     """The downstream training images, embedded by the pool's model (for image_based)."""
     from curate import demo_data
     from curate.embed_images import embed_image_parquet
 
     if not paths.targets.exists():
         embed_image_parquet(
-            demo_data.path("cifar10_train"), paths.targets, pool=paths.pool, embeddings=EMBEDDINGS
+            demo_data.path("cifar10_train"),
+            paths.targets,
+            pool=paths.pool,
+            embeddings=EMBEDDINGS,
+            row_filter=profile.train_slice,
         )
 
 
