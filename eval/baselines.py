@@ -76,10 +76,10 @@ def tiny_baseline_plane(
     baselines: Sequence[RunResult], id_tasks: Sequence[str], shift_task: str
 ) -> MultiLinearFit:
     points = baseline_points(baselines, (*id_tasks, shift_task))
-    if len(points) < len(id_tasks) + 1:
+    if len(points) < len(id_tasks) + 2:
         raise UserInputError(
             f"only {len(points)} baseline runs have accuracies on all of "
-            f"{', '.join((*id_tasks, shift_task))} (a multi-ID fit needs {len(id_tasks) + 1}); "
+            f"{', '.join((*id_tasks, shift_task))} (a multi-ID fit needs {len(id_tasks) + 2}); "
             "evaluate the baseline checkpoints on the raw pool's holdout too "
             "(`curate evaluate RUN/checkpoint --pool RAW_POOL`)"
         )

@@ -184,6 +184,19 @@ def effective_robustness(
     )
 
 
+# Above this condition number of the (centred, scaled) ID logits the plane's coefficients are
+# set by noise: baselines that differ only in budget move along one direction in ID space.
+MAX_ID_CONDITION = 30.0
+
+
+def _collinearity(x: np.ndarray) -> float:
+    centred = x - x.mean(axis=0)
+    scale = np.linalg.norm(centred, axis=0)
+    if np.any(scale == 0):
+        return float("inf")
+    return float(np.linalg.cond(centred / scale))
+
+
 def fit_logit_plane(
     id_accuracies: Any,
     ood_accuracy: Any,
@@ -202,13 +215,22 @@ def fit_logit_plane(
     if x.shape[0] != y.size:
         raise ValueError(f"{x.shape[0]} rows of ID accuracies but {y.size} OOD accuracies")
     parameters = x.shape[1] + 1
-    if y.size < parameters:
+    if y.size <= parameters:
+        # with as many points as parameters the plane passes through every point (R² = 1) and
+        # says nothing about how well it fits: ask for at least one residual degree of freedom
         raise UserInputError(
             f"a multi-ID fit on {x.shape[1]} ID sets for {ood_task or 'this shift'} needs at "
-            f"least {parameters} baseline models, got {y.size}; train more baseline models"
+            f"least {parameters + 1} baseline models, got {y.size}; train more baseline models"
         )
     design = np.column_stack([x, np.ones(y.size)])
     solution, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
+    if rank < parameters or _collinearity(x) > MAX_ID_CONDITION:
+        raise UserInputError(
+            f"the baseline models do not determine a multi-ID plane for {ood_task or 'this shift'}"
+            f" (their ID accuracies move together: condition {_collinearity(x):.0f} > "
+            f"{MAX_ID_CONDITION}); add baselines "
+            "trained on the second ID distribution"
+        )
     residuals = y - design @ solution
     return MultiLinearFit(
         coefficients=tuple(float(c) for c in solution[:-1]),

@@ -266,3 +266,12 @@ def test_multi_id_estimate_uses_pool_holdout_as_second_id_set():
     estimate = estimate_multi_id_er(runs[:2], runs, (ID_TASK, POOL_ID_TASK), SHIFT_TASK)
     assert estimate.fit.n_points == 5 and estimate.fit.id_tasks == (ID_TASK, POOL_ID_TASK)
     assert estimate.n_seeds == 2 and abs(estimate.mean) < 0.05
+
+
+def test_multi_id_fit_refuses_an_exact_or_degenerate_plane():
+    three = np.array([[0.2, 0.3], [0.4, 0.35], [0.5, 0.6]])
+    with pytest.raises(UserInputError, match="at least 4 baseline models, got 3"):
+        fit_logit_plane(three, np.array([0.1, 0.2, 0.3]))
+    collinear = np.array([[0.2, 0.2], [0.3, 0.3], [0.4, 0.4], [0.5, 0.5]])
+    with pytest.raises(UserInputError, match="move together"):
+        fit_logit_plane(collinear, np.array([0.1, 0.2, 0.3, 0.35]))
