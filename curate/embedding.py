@@ -55,6 +55,7 @@ from curate.layout import EmbeddingLayout
 from curate.manifest import produced_by
 from curate.model_loading import CHECKPOINT_WEIGHTS, LoadedClip, load_clip
 from curate.pool import Pool
+from curate.progress import progress_bar
 
 PROGRESS = "progress.json"
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
@@ -199,7 +200,9 @@ class _EmbedRun:
         text_array = np.load(staging.text, mmap_mode="r+")
         computed: list[str] = []
         rows_done_before = rows - sum(remaining.values())
-        with _progress_bar(progress, rows, rows_done_before, self.name) as advance:
+        with progress_bar(
+            rows, f"embed {self.name}", progress, completed=rows_done_before, unit="images"
+        ) as advance:
             for ordinal, batch_rows, image, text in self._batches(pending, workers):
                 image_array[batch_rows] = image
                 text_array[batch_rows] = text
@@ -404,36 +407,3 @@ def _sample(path: Path, key: str, members: dict[str, bytes]) -> tuple[str, bytes
             f"{path}: sample {key} lacks an image or a .txt caption (has {sorted(members)})"
         )
     return key, image, members["txt"].decode("utf-8")
-
-
-@contextlib.contextmanager
-def _progress_bar(
-    enabled: bool, total: int, completed: int, name: str
-) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)`` of a rich progress bar showing images/s (a no-op if disabled)."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("embed {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-    ) as bar:
-        task = bar.add_task(name, total=total, completed=completed, rate="")
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            speed = bar.tasks[task].speed
-            bar.update(task, rate=f"{speed:,.0f} images/s" if speed else "")
-
-        yield advance

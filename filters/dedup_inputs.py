@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from curate.dedup.cache import cache_key, rows_fingerprint
+from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
+from curate.dedup.clustering import kmeans
 from curate.errors import UserInputError
 from filters.registry import StageContext
 
@@ -57,3 +58,31 @@ def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text:
     removed = np.flatnonzero(~keep)
     reasons[removed] = (text + " " + uids[other[removed]].astype(object)).astype(object)
     return reasons
+
+
+def cached_kmeans(
+    ctx: StageContext,
+    stage: str,
+    vectors: np.ndarray,
+    n_clusters: int,
+    *,
+    n_iter: int,
+    train_sample: int | None,
+    spherical: bool,
+) -> np.ndarray:
+    """Seeded k-means centroids of ``vectors``, cached in the stage's work directory so that a
+    resumed build does not retrain them."""
+    if n_clusters > len(vectors):
+        raise UserInputError(
+            f"{stage}: n_clusters {n_clusters} exceeds the {len(vectors)} rows left; lower it"
+        )
+    settings = dict(
+        n_clusters=n_clusters, n_iter=n_iter, train_sample=train_sample, spherical=spherical
+    )
+
+    def train() -> dict[str, np.ndarray]:
+        return {"centroids": kmeans(vectors, seed=ctx.seed, **settings)}
+
+    return cached_arrays(ctx.work_dir, "kmeans", stage_cache_key(ctx, **settings), train)[
+        "centroids"
+    ]

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from pydantic import Field
 
-from curate.dedup.cache import cached_arrays
-from curate.dedup.clustering import default_train_sample, kmeans
+from curate.dedup.clustering import default_train_sample
 from curate.dedup.image_based import ROWS_PER_CLUSTER, default_n_clusters, image_based_keep
 from curate.dedup.reference import load_reference_embeddings
-from curate.errors import UserInputError
-from filters.dedup_inputs import stage_cache_key
+from filters.dedup_inputs import cached_kmeans
 from filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
@@ -50,22 +47,16 @@ def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
         params.target_embeddings, vectors.shape[1], "target_embeddings"
     )
     n_clusters = params.n_clusters or default_n_clusters(len(vectors))
-    if n_clusters > len(vectors):
-        raise UserInputError(
-            f"image_based: n_clusters {n_clusters} exceeds the {len(vectors)} rows left; lower it"
-        )
-    settings = dict(
-        n_clusters=n_clusters,
+    centroids = cached_kmeans(
+        ctx,
+        "image_based",
+        vectors,
+        n_clusters,
         n_iter=params.n_iter,
         train_sample=params.train_sample,
         spherical=params.spherical,
     )
-
-    def train() -> dict[str, np.ndarray]:
-        return {"centroids": kmeans(vectors, seed=ctx.seed, **settings)}
-
-    centroids = cached_arrays(ctx.work_dir, "kmeans", stage_cache_key(ctx, **settings), train)
-    selection = image_based_keep(vectors, target, centroids=centroids["centroids"], progress=True)
+    selection = image_based_keep(vectors, target, centroids=centroids, progress=True)
     cluster_of_row = selection.cluster_ids.astype(str).astype(object)
     return StageResult(
         keep=selection.keep,

@@ -97,4 +97,5 @@ def get_stage(name: str) -> Stage:
     try:
         return STAGES[name]
     except KeyError:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(sorted(STAGES))}") from None
+        known = ", ".join(sorted(STAGES))
+        raise KeyError(f"unknown stage {name!r}; known stages: {known}") from None

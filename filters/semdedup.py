@@ -10,14 +10,11 @@ choose ε without rerunning.
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
-from curate.dedup.cache import cached_arrays
-from curate.dedup.clustering import assign, kmeans
+from curate.dedup.clustering import assign
 from curate.dedup.semdedup import RankOrder, semdedup_scores
-from curate.errors import UserInputError
-from filters.dedup_inputs import reasons_naming, stage_cache_key
+from filters.dedup_inputs import cached_kmeans, reasons_naming
 from filters.registry import StageContext, StageParams, StageResult, register_stage
 
 ROWS_PER_CLUSTER = 1000
@@ -51,23 +48,15 @@ class SemDedupParams(StageParams):
 def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
     vectors = ctx.image_embeddings()
     n_clusters = params.n_clusters or max(1, round(len(vectors) / ROWS_PER_CLUSTER))
-    if n_clusters > len(vectors):
-        raise UserInputError(
-            f"semdedup: n_clusters {n_clusters} exceeds the {len(vectors)} rows left; lower it"
-        )
-    settings = dict(
-        n_clusters=n_clusters,
+    centroids = cached_kmeans(
+        ctx,
+        "semdedup",
+        vectors,
+        n_clusters,
         n_iter=params.n_iter,
         train_sample=params.train_sample,
         spherical=params.spherical,
     )
-
-    def train() -> dict[str, np.ndarray]:
-        return {"centroids": kmeans(vectors, seed=ctx.seed, **settings)}
-
-    centroids = cached_arrays(ctx.work_dir, "kmeans", stage_cache_key(ctx, **settings), train)[
-        "centroids"
-    ]
     cluster_ids, _ = assign(vectors, centroids, progress=True)
     scores = semdedup_scores(vectors, cluster_ids, centroids, params.order, progress=True)
     keep = scores.keep(params.eps)

@@ -7,7 +7,6 @@ as false. Use it to select a source, a language tag, a size range, anything the 
 
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 from pydantic import Field
 

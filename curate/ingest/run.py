@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from curate.ingest.base import ImageItems, IngestOptions, MetadataParts
 from curate.ingest.detect import detect_format
 from curate.ingest.hf_dataset import dataset_items
 from curate.pool_writer import PoolWriter
+from curate.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -23,35 +22,6 @@ class IngestResult:
     has_images: bool
     report: dict[str, Any]  # as in the pool's ingest_report.json
     seconds: float
-
-
-@contextlib.contextmanager
-def progress_bar(
-    total: int | None, description: str, enabled: bool
-) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; a rich progress bar when enabled, a no-op otherwise."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
 
 
 def _input_signature(path: Path) -> list[tuple[str, int, int]]:
