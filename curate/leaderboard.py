@@ -57,7 +57,8 @@ class RunGroup:
 
     @property
     def label(self) -> str:
-        return "/".join(part for part in (Path(self.pool).name, self.recipe, self.scale) if part)
+        parts = (Path(self.pool).name, self.recipe, self.scale)
+        return "/".join(dict.fromkeys(part for part in parts if part))  # unique, in order
 
 
 @dataclass(frozen=True)
