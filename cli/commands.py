@@ -8,4 +8,5 @@ import cli.ingest  # noqa: F401
 import cli.report  # noqa: F401
 import cli.results  # noqa: F401
 import cli.score  # noqa: F401
+import cli.search  # noqa: F401
 import cli.sql  # noqa: F401

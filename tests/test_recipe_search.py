@@ -1,0 +1,285 @@
+"""`curate search-recipe` on a small generated pool: a text_based stage's min_term_chars swept
+over two values at the tiny-test scale, ranked against real baseline runs, then resumed."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+import cli.main  # noqa: F401  (registers the commands)
+from cli.app import app
+from curate.atomic import write_parquet
+from curate.errors import UserInputError
+from curate.pool_writer import PoolWriter, SourceSample
+from curate.recipe import RecipeError, load_recipe, parse_recipe
+from curate.recipe_search import parse_values, recipe_variant, search_recipe, variant_name
+from curate.training.baseline import run_baselines
+from eval.records import read_records
+
+COLOURS = ("red", "green", "blue")
+POOL_ROWS = 90
+STRENGTH = 40
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared machine train faster on one thread (see test_training.py)."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)
+
+
+def coloured_image(label: int, seed: int, strength: int = STRENGTH) -> bytes:
+    """Noise with one colour channel raised by ``strength``: weak enough that a few training
+    steps do not reach 100 % (the baseline line needs different accuracies)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256 - strength, size=(32, 32, 3), dtype=np.uint8)
+    pixels[..., label] += strength
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def labelled_parquet(path, rows: int, seed: int):
+    labels = [i % len(COLOURS) for i in range(rows)]
+    images = [
+        {"bytes": coloured_image(label, seed * 10_000 + i), "path": f"{i}.png"}
+        for i, label in enumerate(labels)
+    ]
+    write_parquet(
+        path,
+        pl.DataFrame(
+            {"image": images, "label": labels, "class_name": [COLOURS[i] for i in labels]}
+        ),
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    with PoolWriter(root / "pool", name="pool", source={"type": "test"}, command="test") as writer:
+        for i in range(POOL_ROWS):
+            writer.add(
+                SourceSample(
+                    source="test",
+                    where=f"row {i}",
+                    text=f"a photo of a {COLOURS[i % 3]} thing",
+                    image=coloured_image(i % 3, i),
+                )
+            )
+    labelled_parquet(root / "test.parquet", 30, seed=7)
+    labelled_parquet(root / "train.parquet", 60, seed=8)
+    tasks_file = root / "tasks.yaml"
+    tasks_file.write_text(
+        yaml.safe_dump(
+            {
+                "tasks": {
+                    "colours": {
+                        "kind": "id",
+                        "images": {"format": "parquet", "path": "test.parquet"},
+                        "classnames": "from_data",
+                        "templates": ["a photo of a {} thing"],
+                    },
+                    "colours-shift": {
+                        "kind": "shift",
+                        "shift_of": "colours",
+                        "images": {
+                            "format": "parquet",
+                            "path": "test.parquet",
+                            "filter": "label < 2",
+                        },
+                        "classnames": list(COLOURS),
+                        "templates": ["{}"],
+                    },
+                },
+                "task_sets": {
+                    "colours": {
+                        "tasks": ["colours", "colours-shift"],
+                        "baseline_train": {
+                            "images": {"format": "parquet", "path": "train.parquet"},
+                            "caption_templates": ["a photo of a {} thing"],
+                        },
+                    }
+                },
+            }
+        )
+    )
+    run_baselines(
+        root / "baseline",
+        task_set="colours",
+        budgets=[128, 640],
+        seeds=[0],
+        scale_name="tiny-test",
+        tasks_file=tasks_file,
+        show_progress=False,
+    )
+    (root / "vocab.txt").write_text("red\ngreen\nblue\npurple\n")  # no caption says purple
+    recipe_path = root / "colour_words.yaml"
+    recipe_path.write_text(
+        "name: colour_words\n"
+        "description: captions that name a colour\n"
+        "seed: 0\n"
+        "stages:\n"
+        "  - stage: text_based\n"
+        f"    params: {{vocab: {root / 'vocab.txt'}, min_term_chars: 3}}  # a comment\n"
+    )
+    return {
+        "root": root,
+        "pool": root / "pool",
+        "tasks_file": tasks_file,
+        "baseline": root / "baseline",
+        "recipe": load_recipe(recipe_path),
+    }
+
+
+def _search(setup, out, values, **options):
+    settings = {
+        "stage": "text_based",
+        "param": "min_term_chars",
+        "scale_name": "tiny-test",
+        "seeds": [0],
+        "baselines": [setup["baseline"]],
+        "tasks": ["colours"],
+        "tasks_file": setup["tasks_file"],
+        "n_boot": 200,
+        "show_progress": False,
+    }
+    return search_recipe(
+        setup["recipe"], setup["pool"], out, values=values, **{**settings, **options}
+    )
+
+
+def test_sweep_builds_scores_ranks_and_resumes(setup, tmp_path):
+    out = tmp_path / "sweep"
+    steps: list[str] = []
+    result = _search(setup, out, [3, 4], on_step=steps.append)
+
+    assert steps[:2] == ["build min_term_chars=3", "build min_term_chars=4"]
+    # hand-checked: every caption names a colour; "red" has 3 letters, so 4 drops a third
+    captions = pl.read_parquet(setup["pool"] / "samples.parquet")["text"].to_list()
+    for minimum, expected in ((3, POOL_ROWS), (4, 2 * POOL_ROWS // 3)):
+        by_hand = sum(
+            any(len(word) >= minimum for word in re.findall(r"\w+", text) if word in COLOURS)
+            for text in captions
+        )
+        assert by_hand == expected
+    rows = {row.value: row for row in result.rows}
+    assert {value: row.kept for value, row in rows.items()} == {3: POOL_ROWS, 4: 60}
+    for value, row in rows.items():
+        assert row.candidate == out / f"colour_words-min_term_chars-{value}"
+        assert pl.read_parquet(row.candidate / "uids.parquet").height == row.kept
+        written = load_recipe(row.candidate / "recipe.yaml")  # the variant's own YAML
+        assert written.name == row.candidate.name
+        assert written.stages[0].params.min_term_chars == value
+        assert written.stages[0].params.vocab == str(setup["root"] / "vocab.txt")
+        assert row.trained
+
+    # ranked by ER, best first; the picks agree with the rows and with the raw records
+    assert [row.rank for row in result.rows] == [1, 2]
+    ers = [row.average_er for row in result.rows]
+    assert None not in ers and ers[0] >= ers[1]
+    assert result.best_er is result.rows[0] and result.runner_up is result.rows[1]
+    mean_accuracy = {}
+    for value, row in rows.items():
+        (run_dir,) = row.run_dirs
+        records = read_records(run_dir / "results.jsonl")
+        assert {r["dataset"] for r in records} == {"colours", "colours-shift"}
+        mean_accuracy[value] = np.mean([r["metrics"]["acc1"] for r in records])
+        assert row.mean_accuracy == pytest.approx(mean_accuracy[value])
+    best_accuracy = max(mean_accuracy, key=mean_accuracy.get)
+    assert result.best_accuracy.mean_accuracy == pytest.approx(mean_accuracy[best_accuracy])
+    (difference,) = result.differences  # one shift: colours -> colours-shift
+    assert difference.difference == pytest.approx(ers[0] - ers[1])
+    low, high = difference.interval.low, difference.interval.high
+    assert low <= difference.difference <= high
+    assert result.significant == (low > 0)
+    summary = json.loads((out / "search.json").read_text())
+    assert [r["value"] for r in summary["rows"]] == [row.value for row in result.rows]
+    assert summary["best_er"] == result.best_er.value
+    assert summary["answer"].startswith(f"best ER: {result.best_er.label} (")
+
+    # a rerun reuses the candidate pools and the trained models
+    checkpoints = {
+        value: (row.run_dirs[0] / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+        for value, row in rows.items()
+    }
+    manifests = {v: (r.candidate / "manifest.json").stat().st_mtime_ns for v, r in rows.items()}
+    again = _search(setup, out, [3, 4])
+    assert not any(row.trained for row in again.rows)
+    assert [row.average_er for row in again.rows] == ers
+    for value, row in rows.items():
+        assert (row.run_dirs[0] / "checkpoint" / "model.safetensors").stat().st_mtime_ns == (
+            checkpoints[value]
+        )
+        assert (row.candidate / "manifest.json").stat().st_mtime_ns == manifests[value]
+
+    # the command line: values parsed as the parameter's type, stage given by index
+    cli_result = CliRunner().invoke(
+        app,
+        [
+            "search-recipe", str(setup["recipe"].path), "--pool", str(setup["pool"]),
+            "--out", str(out), "--stage", "0", "--param", "min_term_chars", "--values", "3,4",
+            "--scale", "tiny-test", "--tasks", "colours", "--tasks-file",
+            str(setup["tasks_file"]), "--baselines", str(setup["baseline"]), "--bootstrap", "200",
+        ],
+    )  # fmt: skip
+    assert cli_result.exit_code == 0, cli_result.output
+    assert "colours-shift ER" in cli_result.output
+    assert f"best ER: {result.best_er.label}" in cli_result.output
+    assert f"best mean accuracy: {result.best_accuracy.label}" in cli_result.output
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "colour_words-min_term_chars-3",
+        "colour_words-min_term_chars-4",
+        "search.json",
+    ]
+
+
+def test_bad_values_fail_before_any_output(setup, tmp_path):
+    out = tmp_path / "sweep"
+    with pytest.raises(RecipeError) as error:
+        _search(setup, out, [3, 0, "many"])
+    message = str(error.value)
+    assert "stages[0].params.min_term_chars = 0" in message
+    assert "greater than or equal to 1" in message
+    assert "min_term_chars = 'many'" in message and "= 3" not in message
+    with pytest.raises(RecipeError, match="the value 3 is given twice"):
+        _search(setup, out, [3, "3"])
+    with pytest.raises(UserInputError, match="no parameter 'min_term_char' .*'min_term_chars'"):
+        _search(setup, out, [3], param="min_term_char")
+    with pytest.raises(UserInputError, match="no stage 'clip_score'.*0: text_based"):
+        _search(setup, out, [0.5], stage="clip_score", param="fraction")
+    with pytest.raises(UserInputError, match="no baseline runs"):
+        _search(setup, out, [3], stage=0, baselines=[setup["pool"]])
+    assert not out.exists()
+    # only 'purple' has 6 letters, and no caption says it: nothing to train on, said early
+    with pytest.raises(UserInputError, match="min_term_chars=6 keep no samples"):
+        _search(setup, out, [6])
+    assert not (out / "colour_words-min_term_chars-6" / "results").exists()
+
+
+def test_values_are_parsed_with_the_parameter_type_and_named_safely(setup):
+    recipe = setup["recipe"]
+    assert parse_values(recipe, "text_based", "min_term_chars", ["3", "4"]) == [3, 4]
+    assert parse_values(recipe, 0, "plurals", ["false", "true"]) == [False, True]
+    assert parse_values(recipe, 0, "min_term_chars", ["x"]) == ["x"]  # reported by validation
+    assert variant_name("r", "fraction", 0.5) == "r-fraction-0.5"
+    sql = variant_name("r", "keep", "origin != 'cinic10_imagenet' AND width >= 32")
+    assert re.fullmatch(r"r-keep-origin_cinic10_imagenet-[0-9a-f]{8}", sql)
+    assert sql != variant_name("r", "keep", "origin != 'cinic10_imagenet' AND width >= 64")
+    where = parse_recipe("name: w\nstages:\n  - stage: where\n    params: {keep: 'width > 1'}\n")
+    variant = recipe_variant(where, "where", "keep", "width >= 32 AND text IS NOT NULL")
+    assert parse_recipe(variant.text).stages[0].params.keep == "width >= 32 AND text IS NOT NULL"
+    assert variant.name.startswith("w-keep-width_32_AND_text_IS_NOT-")
