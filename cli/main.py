@@ -20,7 +20,7 @@ def main() -> None:
     try:
         app()
     except USER_ERRORS as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {error}", highlight=False)
         sys.exit(2)
 
 

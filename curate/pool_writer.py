@@ -111,6 +111,8 @@ class IngestError(UserInputError):
 def _clean_caption(text: str | bytes | None) -> str:
     if text is None:
         raise ValueError("missing caption")
+    if not isinstance(text, (str, bytes)):
+        raise ValueError(f"caption is {type(text).__name__}, expected text")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")

@@ -129,7 +129,13 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Read and validate a recipe file (or a shipped recipe by name)."""
     path = resolve_recipe(name_or_path)
-    return parse_recipe(path.read_text("utf-8"), source=str(path), path=path)
+    try:
+        text = path.read_text("utf-8")
+    except UnicodeDecodeError as error:
+        raise RecipeError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
+    return parse_recipe(text, source=str(path), path=path)
 
 
 def parse_recipe(text: str, source: str = "<recipe>", path: Path | None = None) -> Recipe:

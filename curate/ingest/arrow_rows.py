@@ -51,6 +51,22 @@ def _holds_images(field: pa.Field, features: Mapping[str, Any] | None) -> bool:
     return pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type)
 
 
+def _holds_text(kind: pa.DataType) -> bool:
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    return any(
+        check(kind)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            pa.types.is_string_view,
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_null,
+        )
+    )
+
+
 def find_image_column(
     schema: pa.Schema, features: Mapping[str, Any] | None, options: IngestOptions, where: str
 ) -> str:
@@ -59,6 +75,14 @@ def find_image_column(
             raise IngestError(
                 f"{where}: no column {options.image_column!r} (from --image-column); "
                 f"columns are: {', '.join(schema.names)}"
+            )
+        kind = schema.field(options.image_column).type
+        if not (
+            pa.types.is_struct(kind) or pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+        ):
+            raise IngestError(
+                f"{where}: column {options.image_column!r} (from --image-column) is {kind}, not "
+                "images (a struct of bytes+path as `datasets` writes it, or binary)"
             )
         return options.image_column
     candidates = [f.name for f in schema if _holds_images(f, features)]
@@ -93,6 +117,11 @@ class ArrowLayout:
         columns = [c for c in schema.names if c != image]
         derived = ["class_name"] if "class_name" not in columns and "label" in class_names else []
         caption = caption_column(columns + derived, options, where)
+        if caption in schema.names and not _holds_text(schema.field(caption).type):
+            raise IngestError(
+                f"{where}: caption column {caption!r} is {schema.field(caption).type}, expected "
+                "strings; name the text column with --caption-column NAME"
+            )
         if options.caption_template is not None and caption is None:
             check_template(options.caption_template, columns + derived, where)
         return cls(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.ingest.base import ImageItems, IngestOptions
@@ -36,10 +37,33 @@ def read(path: Path, options: IngestOptions) -> ImageItems:
     total = 0
     for tar in tars:
         parquet = tar.with_suffix(".parquet")
-        total += pq.read_metadata(parquet).num_rows if parquet.is_file() else 0
+        if parquet.is_file():
+            try:
+                metadata = pq.read_metadata(parquet)
+            except Exception as error:  # pyarrow raises several types for a damaged footer
+                raise IngestError(
+                    f"{parquet}: unreadable ({error}); delete it to use the tar alone"
+                ) from None
+            _check_text_columns(parquet, metadata.schema.to_arrow_schema())
+            total += metadata.num_rows
     return ImageItems(
         items=_items(tars, source=path.name), total=total or None, source_stats=_stats(path)
     )
+
+
+def _check_text_columns(parquet: Path, schema: pa.Schema) -> None:
+    """The columns that match rows to tar members must be text, as img2dataset writes them."""
+    for name in ("key", "status"):
+        if name not in schema.names:
+            continue
+        kind = schema.field(name).type
+        if not (
+            pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+        ):
+            raise IngestError(
+                f"{parquet}: column {name!r} is {kind}, expected strings as img2dataset writes "
+                "them; fix it or delete the file to use the tar alone"
+            )
 
 
 def _stats(path: Path) -> dict[str, Any]:
@@ -136,12 +160,26 @@ def _groups(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
             members[extension] = handle.read()
         if key is not None:
             yield key, members
+        end = archive.offset
+    _check_end(tar, end)
+
+
+def _check_end(tar: Path, end: int) -> None:
+    """tarfile's stream mode stops quietly at a damaged header after the first one: what
+    follows the last member must be the zero blocks that end an archive."""
+    with open(tar, "rb") as handle:
+        handle.seek(end)
+        while chunk := handle.read(1 << 20):
+            if chunk.count(0) != len(chunk):
+                raise tarfile.ReadError(f"invalid member header at byte {end}")
 
 
 def _sample(
     tar: Path, source: str, key: str, members: dict[str, bytes], row: dict[str, Any] | None
 ) -> SourceSample | Skip:
     where = f"{tar.name} key {key}"
+    if key.startswith("/") or ".." in key.split("/"):
+        return Skip(where, f"unsafe member name: {key!r} is absolute or climbs out with '..'")
     extension = next((e for e in IMAGE_EXTENSIONS if e in members), None)
     if extension is None:
         return Skip(where, f"no image member (has {', '.join(sorted(members)) or 'nothing'})")

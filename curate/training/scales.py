@@ -70,8 +70,15 @@ def load_scales(path: Path | str | None = None) -> dict[str, Scale]:
         raise FileNotFoundError(f"scales file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text("utf-8"))
+    except UnicodeDecodeError as error:
+        raise UserInputError(
+            f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as error:
-        raise UserInputError(f"{path}: not valid YAML ({error})") from None
+        mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserInputError(f"{path}{where}: not valid YAML ({problem})") from None
     if not isinstance(raw, dict) or not raw:
         raise UserInputError(f"{path}: expected a mapping of scale name -> settings")
     scales = {}
