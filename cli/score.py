@@ -47,8 +47,12 @@ def score_command(
     their data alone. Writes TARGET/results/<run_id>/ (run.json, checkpoint/, results.jsonl).
     Rerunning the same command resumes a killed training and evaluates only missing tasks.
 
-    Multi-GPU (small / medium scales):
-    torchrun --nproc_per_node 8 -m cli.main score POOL --scale small
+    Multi-GPU (small / medium scales): launch this same command under torchrun, one process
+    per GPU; the scale's batch is the global batch, split over the processes (nccl on GPUs,
+    gloo on CPU); rank 0 writes run.json and the checkpoint and evaluates:
+    torchrun --standalone --nproc_per_node 8 -m cli.main score POOL --scale small
+    (torchrun = python -m torch.distributed.run; several nodes: --nnodes N --node_rank R
+    --rdzv_backend c10d --rdzv_endpoint HOST:PORT instead of --standalone)
 
     Example: curate score demo/candidates/clip-score --scale tiny --seed 0
     """
