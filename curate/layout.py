@@ -4,10 +4,10 @@ A pool directory::
 
     POOL/
       manifest.json            written last: its presence marks a complete pool
-      samples.parquet          one row per sample (uid, text, width, height, sha256, shard, key, ...)
+      samples.parquet          a row per sample: uid, text, width, height, sha256, shard, key, ...
       ingest_report.json       what was skipped while ingesting, and why
       holdout.parquet          optional (demo pools): held-out clean images, the pool-holdout task
-      shards/00000.tar ...     webdataset tars, img2dataset's layout (key.jpg|png, key.txt, key.json)
+      shards/00000.tar ...     webdataset tars as img2dataset writes them (key.jpg|png, .txt, .json)
       embeddings/<name>/       float16 image.npy / text.npy row-aligned with samples.parquet,
                                clip_score.parquet, meta.json (model identity)
       results/                 scoring results (one JSON record per task and run)

@@ -60,7 +60,8 @@ class Pool:
     def read_images(self, rows: pl.DataFrame) -> list[bytes]:
         """Image bytes for the given sample rows (needs columns shard, key), in row order."""
         wanted: dict[tuple[str, str], int] = {
-            (shard, key): i for i, (shard, key) in enumerate(rows.select("shard", "key").iter_rows())
+            (shard, key): i
+            for i, (shard, key) in enumerate(rows.select("shard", "key").iter_rows())
         }
         found: list[bytes | None] = [None] * rows.height
         for shard in sorted({shard for shard, _ in wanted}):

@@ -26,3 +26,17 @@ def make_image_bytes(seed: int, size: tuple[int, int] = (32, 32), fmt: str = "JP
 @pytest.fixture
 def image_bytes():
     return make_image_bytes
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared CI machine: one thread is several times faster than two
+    (OpenMP teams stall on busy cores); train_clip keeps OMP_NUM_THREADS when it is set."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(threads)

@@ -38,4 +38,6 @@ def test_demo_smoke_runs_the_whole_loop_and_resumes(tmp_path):
     # a rerun finds every output in place and redoes nothing expensive
     again = run_demo(out, profile="smoke", show_progress=False)
     trained = sum(v for k, v in again.seconds.items() if k.startswith(("score", "baseline")))
-    assert trained < sum(v for k, v in result.seconds.items() if k.startswith(("score", "baseline")))
+    assert trained < sum(
+        v for k, v in result.seconds.items() if k.startswith(("score", "baseline"))
+    )

@@ -27,17 +27,7 @@ from eval.retrieval import retrieval_metrics
 from eval.tasks import load_registry
 from eval.zeroshot import class_embeddings, classify, mean_per_class_recall
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CI machine: one thread is several times faster than two
-    (OpenMP teams stall on busy cores); train_clip keeps OMP_NUM_THREADS when it is set."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def png(seed: int, size: int = 32) -> bytes:

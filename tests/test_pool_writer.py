@@ -24,17 +24,23 @@ def _samples(n: int, bad_every: int = 0):
 
 def test_writes_webdataset_shards_and_samples(tmp_path):
     out = tmp_path / "pool"
-    with PoolWriter(out, name="t", source={"type": "test"}, command="test",
-                    samples_per_shard=4) as writer:
+    with PoolWriter(
+        out, name="t", source={"type": "test"}, command="test", samples_per_shard=4
+    ) as writer:
         writer.extend(_samples(10))
         writer.add(Skip("input row 99", "download failed: 404"))
-        writer.add(SourceSample(source="test", where="row x", text=b"\xff\xfe", image=make_image_bytes(1)))
+        writer.add(
+            SourceSample(source="test", where="row x", text=b"\xff\xfe", image=make_image_bytes(1))
+        )
         writer.add(SourceSample(source="test", where="row y", text="  ", image=make_image_bytes(2)))
     pool = Pool.open(out)
     samples = pool.samples()
     assert samples.height == 10 == pool.manifest.sample_count
     assert samples["shard"].unique().sort().to_list() == [
-        "shards/00000.tar", "shards/00001.tar", "shards/00002.tar"]
+        "shards/00000.tar",
+        "shards/00001.tar",
+        "shards/00002.tar",
+    ]
     assert samples["key"][5] == "000010001"
     report = json.loads(pool.layout.ingest_report.read_text())
     assert report["skipped"] == 3
@@ -42,7 +48,7 @@ def test_writes_webdataset_shards_and_samples(tmp_path):
     # any webdataset loader reads the shards back
     dataset = wds.WebDataset([str(p) for p in pool.shard_paths()], shardshuffle=False)
     got = [(s["__key__"], s["txt"].decode(), json.loads(s["json"])["uid"]) for s in dataset]
-    assert got == list(zip(samples["key"], samples["text"], samples["uid"]))
+    assert got == list(zip(samples["key"], samples["text"], samples["uid"], strict=True))
 
 
 def test_bad_images_are_counted_skips(tmp_path):
@@ -66,23 +72,27 @@ def test_crash_mid_write_leaves_no_pool_and_resume_matches(tmp_path):
             yield sample
 
     with pytest.raises(Crash):
-        with PoolWriter(out, name="t", source={"type": "test"}, command="test",
-                        samples_per_shard=3) as writer:
+        with PoolWriter(
+            out, name="t", source={"type": "test"}, command="test", samples_per_shard=3
+        ) as writer:
             writer.extend(crashing())
     assert not out.exists()
     with pytest.raises(NotAPoolError):
         Pool.open(staging_dir_for(out))
-    with PoolWriter(out, name="t", source={"type": "test"}, command="test",
-                    samples_per_shard=3) as writer:
+    with PoolWriter(
+        out, name="t", source={"type": "test"}, command="test", samples_per_shard=3
+    ) as writer:
         writer.extend(_samples(10))
     reference = tmp_path / "reference"
-    with PoolWriter(reference, name="t", source={"type": "test"}, command="test",
-                    samples_per_shard=3) as writer:
+    with PoolWriter(
+        reference, name="t", source={"type": "test"}, command="test", samples_per_shard=3
+    ) as writer:
         writer.extend(_samples(10))
     for shard in sorted((reference / "shards").iterdir()):
         assert (out / "shards" / shard.name).read_bytes() == shard.read_bytes()
     assert pl.read_parquet(out / "samples.parquet").equals(
-        pl.read_parquet(reference / "samples.parquet"))
+        pl.read_parquet(reference / "samples.parquet")
+    )
     with tarfile.open(out / "shards" / "00000.tar") as archive:
         assert archive.getnames()[:3] == ["000000000.jpg", "000000000.json", "000000000.txt"]
 
@@ -96,6 +106,5 @@ def test_existing_output_and_lock(tmp_path):
             pass
     with exclusive_lock(out):
         with pytest.raises(InUseError, match="in use"):
-            with PoolWriter(out, name="t", source={"type": "test"}, command="test",
-                            overwrite=True):
+            with PoolWriter(out, name="t", source={"type": "test"}, command="test", overwrite=True):
                 pass

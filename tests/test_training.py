@@ -34,17 +34,7 @@ from curate.training.score import comparability_key, score
 from curate.training.train_filter import train_filter
 from eval.records import read_records, unpack_correct
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared CI machine: one thread is several times faster than two
-    (OpenMP teams stall on busy cores); train_clip keeps OMP_NUM_THREADS when it is set."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CLASSES = ("red", "green", "blue")
