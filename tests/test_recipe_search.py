@@ -3,68 +3,29 @@ over two values at the tiny-test scale, ranked against real baseline runs, then 
 
 from __future__ import annotations
 
-import io
 import json
 import re
 
 import numpy as np
 import polars as pl
 import pytest
-import torch
-import yaml
-from PIL import Image
 from typer.testing import CliRunner
 
 import cli.main  # noqa: F401  (registers the commands)
 from cli.app import app
-from curate.atomic import write_parquet
 from curate.errors import UserInputError
 from curate.pool_writer import PoolWriter, SourceSample
 from curate.recipe import RecipeError, load_recipe, parse_recipe
 from curate.recipe_search import parse_values, recipe_variant, search_recipe, variant_name
 from curate.training.baseline import run_baselines
 from eval.records import read_records
+from tests.colours import COLOURS, coloured_image, labelled_parquet, write_colours_tasks
 
-COLOURS = ("red", "green", "blue")
 POOL_ROWS = 90
-STRENGTH = 40
+# a weak tint, so that a few training steps stay below 100 % (the baseline line needs spread)
+TINT = {"noise": 216, "strength": 40}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared machine train faster on one thread (see test_training.py)."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(threads)
-
-
-def coloured_image(label: int, seed: int, strength: int = STRENGTH) -> bytes:
-    """Noise with one colour channel raised by ``strength``: weak enough that a few training
-    steps do not reach 100 % (the baseline line needs different accuracies)."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 256 - strength, size=(32, 32, 3), dtype=np.uint8)
-    pixels[..., label] += strength
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def labelled_parquet(path, rows: int, seed: int):
-    labels = [i % len(COLOURS) for i in range(rows)]
-    images = [
-        {"bytes": coloured_image(label, seed * 10_000 + i), "path": f"{i}.png"}
-        for i, label in enumerate(labels)
-    ]
-    write_parquet(
-        path,
-        pl.DataFrame(
-            {"image": images, "label": labels, "class_name": [COLOURS[i] for i in labels]}
-        ),
-    )
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -77,46 +38,12 @@ def setup(tmp_path_factory):
                     source="test",
                     where=f"row {i}",
                     text=f"a photo of a {COLOURS[i % 3]} thing",
-                    image=coloured_image(i % 3, i),
+                    image=coloured_image(i % 3, i, **TINT),
                 )
             )
-    labelled_parquet(root / "test.parquet", 30, seed=7)
-    labelled_parquet(root / "train.parquet", 60, seed=8)
-    tasks_file = root / "tasks.yaml"
-    tasks_file.write_text(
-        yaml.safe_dump(
-            {
-                "tasks": {
-                    "colours": {
-                        "kind": "id",
-                        "images": {"format": "parquet", "path": "test.parquet"},
-                        "classnames": "from_data",
-                        "templates": ["a photo of a {} thing"],
-                    },
-                    "colours-shift": {
-                        "kind": "shift",
-                        "shift_of": "colours",
-                        "images": {
-                            "format": "parquet",
-                            "path": "test.parquet",
-                            "filter": "label < 2",
-                        },
-                        "classnames": list(COLOURS),
-                        "templates": ["{}"],
-                    },
-                },
-                "task_sets": {
-                    "colours": {
-                        "tasks": ["colours", "colours-shift"],
-                        "baseline_train": {
-                            "images": {"format": "parquet", "path": "train.parquet"},
-                            "caption_templates": ["a photo of a {} thing"],
-                        },
-                    }
-                },
-            }
-        )
-    )
+    labelled_parquet(root / "test.parquet", 30, seed=7, **TINT)
+    labelled_parquet(root / "train.parquet", 60, seed=8, **TINT)
+    tasks_file = write_colours_tasks(root / "tasks.yaml", "test.parquet", "train.parquet")
     run_baselines(
         root / "baseline",
         task_set="colours",

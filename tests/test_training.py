@@ -5,7 +5,6 @@ with real open_clip models (the tiny-test scale: 3 steps of 64)."""
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import polars as pl
 import pytest
 import torch
 import yaml
-from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -33,40 +31,9 @@ from curate.training.scales import get_scale, load_scales
 from curate.training.score import comparability_key, score
 from curate.training.train_filter import train_filter
 from eval.records import read_records, unpack_correct
+from tests.colours import COLOURS, coloured_image, labelled_parquet, write_colours_tasks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-CLASSES = ("red", "green", "blue")
-
-
-def coloured_image(label: int, seed: int) -> bytes:
-    """A 32 px image dominated by one colour channel, with noise."""
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 90, size=(32, 32, 3), dtype=np.uint8)
-    pixels[..., label] += 160
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def labelled_parquet(path: Path, rows: int, seed: int) -> Path:
-    labels = [i % len(CLASSES) for i in range(rows)]
-    write_parquet(
-        path,
-        pl.DataFrame(
-            {
-                "image": [
-                    {"bytes": coloured_image(label, seed * 10_000 + i), "path": f"{i}.png"}
-                    for i, label in enumerate(labels)
-                ],
-                "label": labels,
-                "class_name": [CLASSES[label] for label in labels],
-                "text": [f"a {CLASSES[label]} picture" for label in labels],
-            }
-        ),
-    )
-    return path
 
 
 def make_pool(path: Path, rows: int) -> Path:
@@ -74,12 +41,12 @@ def make_pool(path: Path, rows: int) -> Path:
         path, name=path.name, source={"type": "test"}, command="test", samples_per_shard=80
     ) as writer:
         for i in range(rows):
-            label = i % len(CLASSES)
+            label = i % len(COLOURS)
             writer.add(
                 SourceSample(
                     source="test",
                     where=f"row {i}",
-                    text=f"a photo of a {CLASSES[label]} thing",
+                    text=f"a photo of a {COLOURS[label]} thing",
                     image=coloured_image(label, i),
                 )
             )
@@ -91,49 +58,15 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("training")
     pool = make_pool(root / "pool", 200)
     test_parquet = labelled_parquet(root / "colours_test.parquet", 30, seed=7)
-    tasks_file = root / "tasks.yaml"
-    tasks_file.write_text(
-        yaml.safe_dump(
-            {
-                "tasks": {
-                    "colours": {
-                        "kind": "id",
-                        "images": {"format": "parquet", "path": "colours_test.parquet"},
-                        "classnames": "from_data",
-                        "templates": ["a photo of a {} thing"],
-                    },
-                    "colours-shift": {
-                        "kind": "shift",
-                        "shift_of": "colours",
-                        "images": {
-                            "format": "parquet",
-                            "path": "colours_test.parquet",
-                            "filter": "label < 2",
-                        },
-                        "classnames": ["red", "green", "blue"],
-                        "templates": ["{}"],
-                    },
-                    "colours-retrieval": {
-                        "task": "zeroshot_retrieval",
-                        "kind": "id",
-                        "images": {
-                            "format": "parquet",
-                            "path": "colours_test.parquet",
-                            "text_column": "text",
-                        },
-                    },
-                },
-                "task_sets": {
-                    "colours": {
-                        "tasks": ["colours", "colours-shift"],
-                        "baseline_train": {
-                            "images": {"format": "parquet", "path": "colours_test.parquet"},
-                            "caption_templates": ["a photo of a {} thing"],
-                        },
-                    }
-                },
-            }
-        )
+    retrieval = {
+        "colours-retrieval": {
+            "task": "zeroshot_retrieval",
+            "kind": "id",
+            "images": {"format": "parquet", "path": "colours_test.parquet", "text_column": "text"},
+        }
+    }
+    tasks_file = write_colours_tasks(
+        root / "tasks.yaml", "colours_test.parquet", "colours_test.parquet", retrieval
     )
     return {"root": root, "pool": pool, "tasks_file": tasks_file, "test_parquet": test_parquet}
 
