@@ -41,6 +41,15 @@ def demo_pool(
             help="Also draw from CINIC-10's ImageNet-origin 'pool' images (a more diverse source).",
         ),
     ] = True,
+    diverse_views: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Views in all of every clean diverse-source image: the original plus random "
+            "crops (50-85 % of the area, half mirrored) with fresh captions, added on top of "
+            "--size; a larger diverse share without more source images.",
+        ),
+    ] = 1,
     mismatched_caption_rate: Annotated[
         float, _rate("mismatched_caption", "a caption of another class")
     ] = 0.30,
@@ -93,6 +102,7 @@ def demo_pool(
         size=size,
         rates=rates,
         diverse_source=diverse_source,
+        diverse_views=diverse_views,
         holdout_size=holdout_size,
         overwrite=overwrite,
         show_progress=True,

@@ -39,6 +39,15 @@ def score_command(
     tasks: Annotated[list[str] | None, typer.Option("--tasks", help=TASKS_HELP)] = None,
     tasks_file: Annotated[Path | None, typer.Option(help=TASKS_FILE_HELP)] = None,
     scales_file: Annotated[Path | None, typer.Option(help=SCALES_FILE_HELP)] = None,
+    baseline_family: Annotated[
+        str | None,
+        typer.Option(
+            help="Record this run as a baseline point of this family instead of a candidate "
+            "result: 'id' (a standard model on ID-only data: the single-ID baseline line) or "
+            "e.g. 'pool' (a model on the pool's clean distribution: used only by the "
+            "multi-ID plane, whose ID axes must vary independently)."
+        ),
+    ] = None,
 ) -> None:
     """Train a CLIP from scratch on TARGET's kept samples at a fixed budget, then evaluate it.
 
@@ -66,6 +75,7 @@ def score_command(
         tasks=tasks,
         tasks_file=tasks_file,
         scales_file=scales_file,
+        baseline_family=baseline_family,
         on_task=_print_task,
     )
     train = result.run.get("train") or {}

@@ -32,6 +32,20 @@ DEMO_RECIPES = (
 )
 TASKS = ("cifar10-test", "cinic10-imagenet", "pool-holdout")
 FILTER_CAPTIONS = ("a photo of a {}.", "a picture of a {}.", "an image of the {}.")
+ORACLE_RECIPE = "demo_oracle_clean"  # the second baseline family's training set
+POOL_FAMILY = "pool"
+
+
+@dataclass(frozen=True)
+class DigitsWorld:
+    """The second shift world (curate/demo_digits.py): MNIST -> USPS, clean pool."""
+
+    usps: int
+    scale: str
+    baseline_budgets: tuple[int, ...]
+    recipes: tuple[str, ...] = ("demo_digits_mnist_only", "demo_digits_add_usps")
+    task_set: str = "digits"
+    tasks: tuple[str, ...] = ("mnist-test", "usps-test")
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,12 @@ class DemoProfile:
     # SQL row filter on the CIFAR-10 train file for the trusted slice and the image_based
     # targets (None: all 10,000 images); the smoke profile takes a few hundred
     train_slice: str | None = None
+    # views in all of each clean diverse-source image (curate/demo_pool.py make_view)
+    diverse_views: int = 1
+    # budgets of the second baseline family (models on the pool's clean distribution, for
+    # the multi-ID plane); none: the multi-ID ER is not computed
+    pool_baseline_budgets: tuple[int, ...] = ()
+    digits: DigitsWorld | None = None
 
 
 PROFILES: dict[str, DemoProfile] = {
@@ -65,15 +85,22 @@ PROFILES: dict[str, DemoProfile] = {
         baseline_seeds=(0,),
         seeds=(0,),
     ),
+    # the diversity effect's fair test: 4x the budget, 3 seeds, five views of every clean
+    # ImageNet-origin image (a diverse share of ~18 % instead of ~6 %), a second baseline
+    # family for the multi-ID plane, and a second world (MNIST -> USPS, 2,007 shift images)
     "full": DemoProfile(
         name="full",
         pool_size=10_500,
         holdout_size=1_000,
         scale="demo-full",
-        filter_scale="tiny",
+        filter_scale="demo",
         baseline_budgets=(15_360, 30_720, 61_440, 122_880),
-        baseline_seeds=(0, 1),
+        baseline_seeds=(0,),
         seeds=(0, 1, 2),
+        recipes=("demo_neardup_clip", "demo_diverse_source"),
+        diverse_views=5,
+        pool_baseline_budgets=(30_720, 61_440, 122_880),
+        digits=DigitsWorld(usps=3_000, scale="demo", baseline_budgets=(7_680, 15_360, 30_720)),
     ),
     "smoke": DemoProfile(
         name="smoke",
@@ -143,9 +170,13 @@ def run_demo(
         for recipe in profile.recipes:
             step(f"build {recipe}", lambda r=recipe: _build(paths, r))
         step("baseline line", lambda: _baselines(paths, profile, show_progress))
-        for recipe in profile.recipes:
-            for seed in profile.seeds:
+        if profile.pool_baseline_budgets:
+            step("pool baselines", lambda: _pool_baselines(paths, profile))
+        for seed in profile.seeds:  # every pool at one seed before the next seed
+            for recipe in profile.recipes:
                 step(f"score {recipe}", lambda r=recipe, s=seed: _score(paths, r, profile, s))
+        if profile.digits is not None:
+            _digits_world(paths, profile, profile.digits, step, show_progress)
         result.leaderboard = step("leaderboard", lambda: _leaderboard(paths, profile))
         result.report = step("report", lambda: _report(paths, profile))
         write_json(out / "demo_timings.json", {"profile": profile.name, **result.seconds})
@@ -176,6 +207,21 @@ class _DemoPaths:
         return self.out / "baseline"
 
     @property
+    def pool_baseline(self) -> Path:
+        """The oracle-clean candidate pool the second baseline family trains on."""
+        return self.out / "baseline-pool"
+
+    @property
+    def digits(self) -> _DemoPaths:
+        return _DemoPaths(self.out / "digits")
+
+    @property
+    def result_roots(self) -> list[Path]:
+        roots = [self.out / "candidates", self.baseline, self.pool_baseline]
+        roots += [self.digits.out / "candidates", self.digits.baseline]
+        return [root for root in roots if root.exists()]
+
+    @property
     def leaderboard(self) -> Path:
         return self.out / "leaderboard"
 
@@ -195,6 +241,7 @@ def _demo_pool(paths: _DemoPaths, profile: DemoProfile, show_progress: bool) -> 
             paths.pool,
             size=profile.pool_size,
             holdout_size=profile.holdout_size,
+            diverse_views=profile.diverse_views,
             show_progress=show_progress,
         )
 
@@ -242,12 +289,13 @@ def _targets(paths: _DemoPaths, profile: DemoProfile) -> None:
         )
 
 
-def _build(paths: _DemoPaths, recipe_name: str) -> None:
+def _build(paths: _DemoPaths, recipe_name: str, out: Path | None = None) -> None:
     from curate.build_pool import build_pool
     from curate.recipe import load_recipe
 
-    if not paths.candidate(recipe_name).exists():
-        build_pool(load_recipe(recipe_name), paths.pool, paths.candidate(recipe_name))
+    out = out or paths.candidate(recipe_name)
+    if not out.exists():
+        build_pool(load_recipe(recipe_name), paths.pool, out)
 
 
 def _baselines(paths: _DemoPaths, profile: DemoProfile, show_progress: bool) -> None:
@@ -268,6 +316,27 @@ def _baselines(paths: _DemoPaths, profile: DemoProfile, show_progress: bool) -> 
         evaluate_checkpoint(run.run_dir / "checkpoint", tasks=["pool-holdout"], pool=paths.pool)
 
 
+def _pool_baselines(paths: _DemoPaths, profile: DemoProfile) -> None:
+    """The second baseline family: standard models on the pool's clean distribution (by its
+    ground truth), at several budgets; only the multi-ID plane uses them."""
+    from curate.training.scales import get_scale
+    from curate.training.score import score
+
+    _build(paths, ORACLE_RECIPE, paths.pool_baseline)
+    base = get_scale(profile.scale)
+    for budget in profile.pool_baseline_budgets:
+        for seed in profile.baseline_seeds:
+            score(
+                paths.pool_baseline,
+                scale_name=profile.scale,
+                seed=seed,
+                tasks=list(profile.tasks),
+                scale=base.with_samples_seen(budget),
+                baseline_family=POOL_FAMILY,
+                show_progress=False,
+            )
+
+
 def _score(paths: _DemoPaths, recipe_name: str, profile: DemoProfile, seed: int) -> None:
     from curate.training.score import score
 
@@ -280,13 +349,56 @@ def _score(paths: _DemoPaths, recipe_name: str, profile: DemoProfile, seed: int)
     )
 
 
+def _digits_world(
+    paths: _DemoPaths,
+    profile: DemoProfile,
+    world: DigitsWorld,
+    step: _Timer,
+    show_progress: bool,
+) -> None:
+    """MNIST -> USPS: its own pool, recipes, baseline line and scores (same seeds)."""
+    from curate.demo_digits import build_digits_pool
+    from curate.training.baseline import run_baselines
+    from curate.training.score import score
+
+    digits = paths.digits
+    if not digits.pool.exists():
+        step("digits pool", lambda: build_digits_pool(digits.pool, usps=world.usps))
+    for recipe in world.recipes:
+        step(f"build {recipe}", lambda r=recipe: _build(digits, r))
+    step(
+        "digits baseline line",
+        lambda: run_baselines(
+            digits.baseline,
+            task_set=world.task_set,
+            budgets=world.baseline_budgets,
+            seeds=profile.baseline_seeds,
+            scale_name=world.scale,
+            show_progress=show_progress,
+        ),
+    )
+    for seed in profile.seeds:
+        for recipe in world.recipes:
+            step(
+                f"score {recipe}",
+                lambda r=recipe, s=seed: score(
+                    digits.candidate(r),
+                    scale_name=world.scale,
+                    seed=s,
+                    tasks=list(world.tasks),
+                    show_progress=False,
+                ),
+            )
+
+
 def _leaderboard(paths: _DemoPaths, profile: DemoProfile) -> Any:
     from curate.leaderboard import build_leaderboard
 
     leaderboard, _ = build_leaderboard(
-        [paths.out / "candidates", paths.baseline],
+        paths.result_roots,
         paths.leaderboard,
         n_boot=profile.report_bootstrap,
+        group_by_key=profile.digits is not None,  # the digits world is its own setup
     )
     return leaderboard
 

@@ -83,6 +83,20 @@ OFF_TOPIC_TEMPLATES: tuple[str, ...] = (
     "chalk drawing of a {word}",
 )
 
+# Captions of the digits world's pool (every one names its digit, as a figure or a word).
+DIGIT_TEMPLATES: tuple[str, ...] = (
+    "handwritten number {digit}",
+    "the number {word} written by hand",
+    "house number {digit}",
+    "{word} - digit font preview",
+    "a scanned digit {digit}",
+    "the digit {word}",
+    "number {digit} in black and white",
+    "a photo of the number {digit}",
+    "zip code digit: {digit}",
+    "how to write the number {word}",
+)
+
 
 def _article(noun: str) -> str:
     return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
@@ -114,10 +128,20 @@ def spam_captions(count: int, rng: np.random.Generator) -> list[str]:
 
 
 def off_topic_captions(digits: list[int], rng: np.random.Generator) -> list[str]:
-    templates = rng.integers(0, len(OFF_TOPIC_TEMPLATES), size=len(digits))
+    return _digit_captions(OFF_TOPIC_TEMPLATES, digits, rng)
+
+
+def digit_captions(digits: list[int], rng: np.random.Generator) -> list[str]:
+    return _digit_captions(DIGIT_TEMPLATES, digits, rng)
+
+
+def _digit_captions(
+    templates: tuple[str, ...], digits: list[int], rng: np.random.Generator
+) -> list[str]:
+    picks = rng.integers(0, len(templates), size=len(digits))
     return [
-        OFF_TOPIC_TEMPLATES[t].format(digit=d, word=DIGIT_NAMES[d])
-        for t, d in zip(templates, digits, strict=True)
+        templates[t].format(digit=d, word=DIGIT_NAMES[d])
+        for t, d in zip(picks, digits, strict=True)
     ]
 
 

@@ -48,6 +48,8 @@ NOISE_KINDS = (
     "tiny",
     "extreme_aspect",
 )
+# The columns a demo plan may carry into samples.parquet (the ground truth and the source).
+GROUND_TRUTH_COLUMNS = ("label", "class_name", "origin", "noise", "noise_detail", "duplicate_of")
 # Kinds that use one of the base (CIFAR/CINIC) images of their own, besides "clean".
 _BASE_NOISE = ("mismatched_caption", "spam_caption", "tiny", "extreme_aspect")
 
@@ -197,6 +199,25 @@ def make_near_duplicate(data: bytes, rng: np.random.Generator) -> tuple[bytes, s
     return _jpeg(ImageOps.mirror(image)), "hflip"
 
 
+def make_view(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
+    """Another photo of the same thing, as the web repeats a picture: a random crop of
+    50-85 % of the area (aspect 3:4 to 4:3) resized back, mirrored half the time."""
+    image = _decode(data)
+    area = float(rng.uniform(0.5, 0.85)) * image.width * image.height
+    aspect = float(np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3))))
+    width = min(image.width, max(1, round((area * aspect) ** 0.5)))
+    height = min(image.height, max(1, round((area / aspect) ** 0.5)))
+    left = int(rng.integers(0, image.width - width + 1))
+    top = int(rng.integers(0, image.height - height + 1))
+    view = image.crop((left, top, left + width, top + height)).resize(
+        image.size, Image.Resampling.BICUBIC
+    )
+    mirrored = bool(rng.integers(2))
+    if mirrored:
+        view = ImageOps.mirror(view)
+    return _jpeg(view), f"crop {width}x{height}+{left}+{top}{' hflip' if mirrored else ''}"
+
+
 # -- planning -----------------------------------------------------------------------------
 def _stratified_pick(groups: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
     """``count`` positions drawn per group in proportion to the group sizes (largest
@@ -267,18 +288,65 @@ def _check_supply(counts: dict[str, int], n_base: int, holdout_size: int, base: 
         )
 
 
+def _diverse_source_views(
+    pooled: pl.DataFrame, views: int, rng: np.random.Generator
+) -> pl.DataFrame:
+    """``views - 1`` more views (:func:`make_view`) of every clean diverse-source sample, each
+    with a fresh caption of its class: a larger diverse share without more source images.
+    They are clean samples (noise ``clean``, ``noise_detail`` "view K of UID: crop ...")."""
+    originals = pooled.filter(
+        (pl.col("noise") == "clean") & (pl.col("origin") == "cinic10_imagenet")
+    )
+    frames = []
+    for view in range(2, views + 1):
+        results = [make_view(data, rng) for data in originals["image"]]
+        captions = demo_captions.class_captions(originals["class_name"].to_list(), rng)
+        frames.append(
+            originals.with_columns(
+                pl.Series("image", [data for data, _ in results], dtype=pl.Binary),
+                pl.Series(
+                    "noise_detail",
+                    [
+                        f"view {view} of {uid}: {detail}"
+                        for uid, (_, detail) in zip(originals["uid"], results, strict=True)
+                    ],
+                    dtype=pl.String,
+                ),  # fmt: skip
+                pl.Series("text", captions, dtype=pl.String),
+                (pl.col("path") + f"#view{view}").alias("path"),  # a copy's uid needs its own
+                pl.Series(
+                    "uid",
+                    [
+                        make_uid("curate-demo-pool", "view", str(view), uid)
+                        for uid in originals["uid"]
+                    ],
+                ),
+            )
+        )
+    return pl.concat(frames)
+
+
 def plan_demo_pool(
     *,
     seed: int = 0,
     size: int = DEFAULT_SIZE,
     rates: NoiseRates | None = None,
     diverse_source: bool = True,
+    diverse_views: int = 1,
     holdout_size: int = DEFAULT_HOLDOUT_SIZE,
 ) -> DemoPlan:
-    """Every sample of the demo pool (in pool order) and the held-out slice, from one seed."""
+    """Every sample of the demo pool (in pool order) and the held-out slice, from one seed.
+
+    ``diverse_views`` > 1 adds that many views in all (the original plus crops) of every clean
+    diverse-source sample on top of ``size``."""
     if size < 1 or holdout_size < 0:
         raise UserInputError(
             f"--size must be ≥ 1 and --holdout-size ≥ 0 (got {size}, {holdout_size})"
+        )
+    if diverse_views < 1 or (diverse_views > 1 and not diverse_source):
+        raise UserInputError(
+            f"--diverse-views must be ≥ 1 (got {diverse_views}), and more than 1 needs "
+            "--diverse-source"
         )
     rates = rates or NoiseRates()
     counts = rates.counts(size)
@@ -323,6 +391,8 @@ def plan_demo_pool(
     pooled = _transformed(pooled, "tiny", make_tiny, rng)
     pooled = _transformed(pooled, "extreme_aspect", make_extreme_aspect, rng)
     pooled = pooled.with_columns(_uids(pooled))
+    if diverse_views > 1:
+        pooled = pl.concat([pooled, _diverse_source_views(pooled, diverse_views, rng)])
 
     # duplicates: copies of distinct clean samples, with a fresh caption of the true class
     n_exact, n_near = counts["exact_duplicate"], counts["near_duplicate"]
@@ -377,15 +447,13 @@ def build_demo_pool(
     size: int = DEFAULT_SIZE,
     rates: NoiseRates | None = None,
     diverse_source: bool = True,
+    diverse_views: int = 1,
     holdout_size: int = DEFAULT_HOLDOUT_SIZE,
     samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
     overwrite: bool = False,
     show_progress: bool = False,
 ) -> DemoPoolSummary:
     """Write the demo pool to ``out`` (webdataset shards, samples.parquet, holdout.parquet)."""
-    from rich.progress import track
-
-    out = Path(out)
     rates = rates or NoiseRates()
     params = {
         "seed": seed,
@@ -394,10 +462,42 @@ def build_demo_pool(
         "diverse_source": diverse_source,
         "holdout_size": holdout_size,
     }
+    if diverse_views > 1:  # the default pool's params (and so its identity) stay as they were
+        params["diverse_views"] = diverse_views
     plan = plan_demo_pool(
-        seed=seed, size=size, rates=rates, diverse_source=diverse_source, holdout_size=holdout_size
+        seed=seed,
+        size=size,
+        rates=rates,
+        diverse_source=diverse_source,
+        diverse_views=diverse_views,
+        holdout_size=holdout_size,
     )
-    extras = ("label", "class_name", "origin", "noise", "noise_detail", "duplicate_of")
+    return write_demo_plan(
+        out,
+        plan,
+        params,
+        samples_per_shard=samples_per_shard,
+        overwrite=overwrite,
+        show_progress=show_progress,
+    )
+
+
+def write_demo_plan(
+    out: Path,
+    plan: DemoPlan,
+    params: dict,
+    *,
+    samples_per_shard: int = DEFAULT_SAMPLES_PER_SHARD,
+    overwrite: bool = False,
+    show_progress: bool = False,
+    description: str = "demo pool",
+) -> DemoPoolSummary:
+    """Write a planned demo pool: shards, samples.parquet with the ground-truth columns, and
+    the holdout (when the plan has one)."""
+    from rich.progress import track
+
+    out = Path(out)
+    extras = [column for column in GROUND_TRUTH_COLUMNS if column in plan.samples.columns]
     # origin_path: the image's path inside the shipped demo data file it came from
     with PoolWriter(
         out,
@@ -411,13 +511,13 @@ def build_demo_pool(
         rows = plan.samples.iter_rows(named=True)
         for i, row in enumerate(
             track(
-                rows, total=plan.samples.height, description="demo pool", disable=not show_progress
+                rows, total=plan.samples.height, description=description, disable=not show_progress
             )
         ):
             writer.add(
                 SourceSample(
                     source=row["origin"],
-                    where=f"demo pool row {i} ({row['origin']} {row['path']}, {row['noise']})",
+                    where=f"demo pool row {i} ({row['origin']} {row['path']}, {row.get('noise')})",
                     text=row["text"],
                     image=row["image"],
                     uid=row["uid"],
@@ -437,7 +537,11 @@ def build_demo_pool(
     return DemoPoolSummary(
         path=out,
         sample_count=samples.height,
-        noise_counts=dict(samples.group_by("noise").len().sort("noise").iter_rows()),
+        noise_counts=(
+            dict(samples.group_by("noise").len().sort("noise").iter_rows())
+            if "noise" in samples.columns
+            else {}
+        ),
         origin_counts=dict(samples.group_by("origin").len().sort("origin").iter_rows()),
         holdout_rows=plan.holdout.height,
     )

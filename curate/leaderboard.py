@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from curate.er_pairs import PairDifference, differences_table, pairwise_differences
 from curate.errors import UserInputError
 from eval.baselines import tiny_baseline_fit
 from eval.collect import KIND_ID, KIND_POOL_ID, RunResult, collect_runs
@@ -38,7 +39,7 @@ from eval.er_uncertainty import (
 
 DATABASE_FILE = "leaderboard.duckdb"
 RANK_BY = ("er", "id", "average")
-TABLE_NAMES = ("results", "runs", "leaderboard", "shift_er", "baseline_fits")
+TABLE_NAMES = ("results", "runs", "leaderboard", "shift_er", "baseline_fits", "er_differences")
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ class Leaderboard:
     baselines: tuple[RunResult, ...]
     fits: dict[tuple[str, str], LinearFit | None]
     rank_by: str
+    differences: tuple[PairDifference, ...] = ()  # every pair of pools of one key, per shift
 
     @property
     def keys(self) -> list[str]:
@@ -237,10 +239,14 @@ def summarize(
     baselines = [run for run in runs if run.baseline]
     groups = group_runs(runs)
     fits = _baseline_fits(groups, baselines)
-    summaries = [
-        _summarize_group(group, baselines, fits, n_boot, confidence, seed) for group in groups
-    ]
-    return Leaderboard(tuple(_ranked(summaries, rank_by)), tuple(baselines), fits, rank_by)
+    summaries = _ranked(
+        [_summarize_group(group, baselines, fits, n_boot, confidence, seed) for group in groups],
+        rank_by,
+    )
+    differences = pairwise_differences(
+        summaries, baselines, n_boot=n_boot, confidence=confidence, seed=seed
+    )
+    return Leaderboard(tuple(summaries), tuple(baselines), fits, rank_by, tuple(differences))
 
 
 def slug(task: str) -> str:
@@ -440,6 +446,7 @@ def leaderboard_tables(runs: Sequence[RunResult], leaderboard: Leaderboard) -> d
         "leaderboard": leaderboard_table(leaderboard),
         "shift_er": shift_er_table(leaderboard),
         "baseline_fits": baseline_fits_table(leaderboard),
+        "er_differences": differences_table(leaderboard.differences),
     }
 
 
@@ -524,7 +531,28 @@ def rich_tables(leaderboard: Leaderboard) -> list[Any]:
             cells.append(_percent(summary.average_accuracy))
             table.add_row(*cells)
         tables.append(table)
+        differences = [d for d in leaderboard.differences if d.comparability_key == key]
+        if differences:
+            tables.append(_differences_rich_table(key, differences))
     return tables
+
+
+def _differences_rich_table(key: str, differences: Sequence[PairDifference]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title=f"setup {key[:12]}: ER differences between pools (A ranked above B)",
+        caption="points [95% interval]: paired bootstrap over test images + seed spreads",
+    )
+    for column in ("shift", "pool A", "pool B", "ER(A) − ER(B)", "significant"):
+        table.add_column(column)
+    for d in differences:
+        interval = "" if d.low is None else f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
+        table.add_row(
+            d.shift_task, d.pool_a, d.pool_b, f"{100 * d.difference:+.1f}{interval}",
+            "yes" if d.significant else "no",
+        )  # fmt: skip
+    return table
 
 
 _RESULTS_SCHEMA = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.errors import UserInputError
-from eval.collect import RunResult
+from eval.collect import ID_FAMILY, RunResult
 from eval.effective_robustness import LinearFit, MultiLinearFit, fit_logit_line, fit_logit_plane
 
 TINY_BASELINE_SOURCE = "tiny-baselines"
@@ -37,11 +37,18 @@ class BaselinePoints:
         return len(self.run_ids)
 
 
-def baseline_points(baselines: Sequence[RunResult], tasks: Sequence[str]) -> BaselinePoints:
+def baseline_points(
+    baselines: Sequence[RunResult], tasks: Sequence[str], family: str | None = ID_FAMILY
+) -> BaselinePoints:
+    """``family`` picks one baseline family (default: the ID-only models of the single-ID
+    line); None takes every family (the multi-ID plane, which needs ID axes that vary
+    independently)."""
     usable = [
         run
         for run in baselines
-        if run.baseline and all(run.accuracy(task) is not None for task in tasks)
+        if run.baseline
+        and (family is None or run.baseline_family == family)
+        and all(run.accuracy(task) is not None for task in tasks)
     ]
     accuracy = np.array(
         [[run.accuracy(task) for task in tasks] for run in usable], dtype=np.float64
@@ -75,7 +82,7 @@ def tiny_baseline_fit(baselines: Sequence[RunResult], id_task: str, shift_task: 
 def tiny_baseline_plane(
     baselines: Sequence[RunResult], id_tasks: Sequence[str], shift_task: str
 ) -> MultiLinearFit:
-    points = baseline_points(baselines, (*id_tasks, shift_task))
+    points = baseline_points(baselines, (*id_tasks, shift_task), family=None)
     if len(points) < len(id_tasks) + 2:
         raise UserInputError(
             f"only {len(points)} baseline runs have accuracies on all of "

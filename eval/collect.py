@@ -25,6 +25,7 @@ KIND_ID = "id"
 KIND_SHIFT = "shift"
 KIND_POOL_ID = "pool_id"
 UNKEYED = "unkeyed:"
+ID_FAMILY = "id"  # baselines trained on ID data only: the points of the single-ID line
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class RunResult:
     results_path: Path
     tasks: Mapping[str, TaskResult] = field(repr=False)
     config: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # which baseline line a baseline run belongs to: "id" (trained on ID data only: the
+    # single-ID fit) or another family, e.g. "pool" (trained on the pool's clean
+    # distribution: only the multi-ID plane uses it); None for a run that is not a baseline
+    baseline_family: str | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -165,6 +170,11 @@ def load_run(results_path: Path) -> RunResult:
         seed=_optional_int(first_run.get("seed")),
         samples_seen=_optional_int(first_run.get("samples_seen")),
         baseline=bool(first_run.get("baseline", False)),
+        baseline_family=(
+            str(first_run.get("baseline_family") or ID_FAMILY)
+            if first_run.get("baseline")
+            else None
+        ),
         # a checkpoint evaluated outside `curate score` has no key: comparable with nothing
         comparability_key=str(first_run.get("comparability_key") or f"{UNKEYED}{run_id}"),
         results_path=results_path,

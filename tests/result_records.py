@@ -45,6 +45,7 @@ def write_run(
     seed: int = 0,
     samples_seen: int = 20_000,
     baseline: bool = False,
+    family: str | None = None,
     key: str = "key-1",
     with_bits: bool = True,
     sizes: dict[str, int] | None = None,
@@ -61,6 +62,7 @@ def write_run(
         "samples_seen": samples_seen,
         "baseline": baseline,
         "comparability_key": key,
+        **({"baseline_family": family} if family else {}),
         "config": {"arch": "curate-tiny-vit-p4", "samples_seen": samples_seen, "batch_size": 256},
         "code_version": {"curate": "0.1.0"},
     }
@@ -123,6 +125,7 @@ def run_result(
     correct: dict[str, np.ndarray],
     *,
     baseline: bool = False,
+    family: str = "id",
     seed: int = 0,
     with_bits: bool = True,
     pool: str = "pool-a",
@@ -151,4 +154,5 @@ def run_result(
         comparability_key="key-1",
         results_path=Path(f"/nonexistent/{run_id}/results.jsonl"),
         tasks=tasks,
+        baseline_family=family if baseline else None,
     )

@@ -219,3 +219,33 @@ def test_cli_writes_a_pool_and_prints_the_ground_truth(tmp_path):
     assert (Pool.open(out).samples()["noise"] == "spam_caption").sum() == 10
     again = CliRunner().invoke(app, args)
     assert again.exit_code != 0 and "already exists" in str(again.exception)
+
+
+def test_diverse_views_add_crops_of_clean_diverse_samples_only():
+    base = plan_demo_pool(seed=3, size=SIZE, rates=RATES, holdout_size=HOLDOUT).samples
+    plan = plan_demo_pool(
+        seed=3, size=SIZE, rates=RATES, holdout_size=HOLDOUT, diverse_views=3
+    ).samples
+    originals = base.filter((pl.col("noise") == "clean") & (pl.col("origin") == "cinic10_imagenet"))
+    views = plan.filter(
+        pl.col("noise_detail").str.starts_with("view ") & (pl.col("noise") == "clean")
+    )
+    assert originals.height > 0 and views.height == 2 * originals.height
+    assert plan.height == base.height + views.height and plan["uid"].is_unique().all()
+    by_uid = {row["uid"]: row for row in base.iter_rows(named=True)}
+    for row in views.iter_rows(named=True):
+        match = re.fullmatch(r"view ([23]) of ([0-9a-f]{32}): crop (\d+)x(\d+)\+\d+\+\d+( hflip)?",
+                             row["noise_detail"])  # fmt: skip
+        assert match, row["noise_detail"]
+        original = by_uid[match.group(2)]
+        assert (row["noise"], row["origin"], row["label"]) == ("clean", "cinic10_imagenet",
+                                                               original["label"])  # fmt: skip
+        assert 0.45 <= int(match.group(3)) * int(match.group(4)) / 32**2 <= 0.9
+        view = Image.open(io.BytesIO(row["image"]))
+        assert view.size == Image.open(io.BytesIO(original["image"])).size
+        assert row["image"] != original["image"]
+    # the samples drawn before the views are the same with or without them
+    drawn_first = base.filter(~pl.col("noise").is_in(["exact_duplicate", "near_duplicate",
+                                                      "off_topic"]))  # fmt: skip
+    assert drawn_first.sort("uid").equals(plan.filter(pl.col("uid").is_in(
+        drawn_first["uid"].implode())).sort("uid"))  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -275,3 +276,39 @@ def test_multi_id_fit_refuses_an_exact_or_degenerate_plane():
     collinear = np.array([[0.2, 0.2], [0.3, 0.3], [0.4, 0.4], [0.5, 0.5]])
     with pytest.raises(UserInputError, match="move together"):
         fit_logit_plane(collinear, np.array([0.1, 0.2, 0.3, 0.35]))
+
+
+def test_single_id_line_uses_only_id_only_baselines_and_the_plane_uses_every_family():
+    """A second baseline family (models on the pool's own distribution) exists for the
+    multi-ID plane; it lies on another line and must not bend the single-ID fit."""
+    from eval.baselines import tiny_baseline_fit, tiny_baseline_plane
+
+    rng = np.random.default_rng(6)
+    n = 3000
+
+    def point(name, a, b, ood, family):
+        return run_result(
+            name,
+            {ID_TASK: rng.random(n) < a, POOL_ID_TASK: rng.random(n) < b,
+             SHIFT_TASK: rng.random(n) < ood},
+            baseline=True, family=family,
+        )  # fmt: skip
+
+    id_only = [
+        point(f"i{i}", p, p - 0.1, float(inverse_logit(0.8 * logit(p) - 0.6)), "id")
+        for i, p in enumerate((0.3, 0.45, 0.6, 0.75))
+    ]
+    pool_family = [
+        point(f"p{i}", p, p + 0.1, float(inverse_logit(0.8 * logit(p) - 0.6)) + 0.15, "pool")
+        for i, p in enumerate((0.35, 0.5, 0.65))
+    ]
+    fit = tiny_baseline_fit(id_only + pool_family, ID_TASK, SHIFT_TASK)
+    alone = tiny_baseline_fit(id_only, ID_TASK, SHIFT_TASK)
+    assert fit.n_points == 4 and (fit.slope, fit.intercept) == (alone.slope, alone.intercept)
+    assert fit.slope == pytest.approx(0.8, abs=0.1)
+    plane = tiny_baseline_plane(id_only + pool_family, (ID_TASK, POOL_ID_TASK), SHIFT_TASK)
+    assert plane.n_points == 7
+    pool_run = [point("x", 0.5, 0.6, float(inverse_logit(0.8 * logit(0.5) - 0.6)), "id")]
+    pool_run = [replace(pool_run[0], baseline=False, baseline_family=None)]
+    single = estimate_er(pool_run, id_only + pool_family, ID_TASK, SHIFT_TASK, n_boot=50)
+    assert single.fit.n_points == 4 and abs(single.mean) < 0.04

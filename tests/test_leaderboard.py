@@ -101,6 +101,20 @@ def test_leaderboard_ranks_by_er_and_writes_duckdb_and_parquet(scored, tmp_path)
     )
     assert shift.er.fit.n_points == 5 and shift.er.fit.slope == pytest.approx(SLOPE, abs=0.01)
 
+    # pairwise differences: every pair once, better-ranked first, point value = ER(A) - ER(B)
+    differences = pl.read_parquet(tmp_path / "out" / "er_differences.parquet")
+    pairs = [
+        (a.split("/")[0], b.split("/")[0])  # labels are pool/recipe/scale
+        for a, b in zip(differences["pool_a"], differences["pool_b"], strict=True)
+    ]
+    assert pairs == [("robust", "middle"), ("robust", "plain"), ("middle", "plain")]
+    er = {s.group.pool: s.shifts[0].er.mean for s in board.summaries}
+    expected_differences = [er[a] - er[b] for a, b in pairs]
+    assert differences["er_difference"].to_list() == pytest.approx(expected_differences, abs=1e-12)
+    robust_vs_plain = differences.row(1, named=True)
+    # a 6-point gap on 760 test images: the interval excludes 0
+    assert robust_vs_plain["significant"] and robust_vs_plain["ci_low"] > 0
+
 
 def test_rank_by_id_accuracy(scored, tmp_path):
     board, _ = build_leaderboard([scored], tmp_path / "out", rank_by="id", n_boot=0)
@@ -115,7 +129,9 @@ def test_incomparable_runs_are_never_ranked_together(scored, tmp_path):
 
     board, written = build_leaderboard([scored], tmp_path / "out", group_by_key=True, n_boot=0)
     assert board.keys == ["key-1", "key-2"]
-    assert len(rich_tables(board)) == 2
+    titles = [table.title for table in rich_tables(board)]
+    # key-1: its ranking and its pairwise ER differences; key-2 (one pool): its ranking only
+    assert len(titles) == 3 and "differences" in titles[1] and titles[2].startswith("setup key-2")
     connection = duckdb.connect(str(written["database"]), read_only=True)
     ranks = connection.execute(
         "SELECT comparability_key, pool, rank FROM leaderboard ORDER BY comparability_key, rank"

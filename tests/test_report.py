@@ -226,6 +226,16 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
             int(kept.replace(",", ""))
             == pl.read_parquet(runs_dir / "candidates" / name / "uids.parquet").height
         )
+    # the pair's ER difference: the difference of the two reference ERs, with a verdict
+    ((shift, pool_a, pool_b, difference, verdict),) = _table(html, "er-differences")
+    references = {
+        row[1]: float(row[8].split(" ")[0]) for row in _table(html, "leaderboard")
+    }  # ER cells, rounded to 0.1 point
+    assert (shift, pool_a.split("/")[0], pool_b.split("/")[0]) == (SHIFT_TASK, "animals", "all")
+    assert float(difference.split(" [")[0]) == pytest.approx(
+        references["animals"] - references["all"], abs=0.11
+    )
+    assert verdict in ("significant", "not significant")
 
 
 def test_stage_counts_and_ground_truth_match_decisions(report, runs_dir):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curate.er_pairs import PairDifference
 from curate.leaderboard import GroupSummary, Leaderboard, ShiftSummary, summarize
 from curate.report.images import data_uri
 from eval.collect import RunResult
@@ -73,6 +74,7 @@ class Setup:
     settings: Mapping[str, Any]  # the scale: arch, image size, samples seen, batch, lr, ...
     tasks: tuple[str, ...]
     code_versions: tuple[str, ...]
+    differences: tuple[PairDifference, ...] = ()  # pairwise ER(A) - ER(B), A ranked above B
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class PlotView:
 @dataclass(frozen=True)
 class BaselineRow:
     run_id: str
+    family: str | None  # "id": on the single-ID line; others: the multi-ID plane only
     samples_seen: int | None
     seed: int | None
     accuracy: Mapping[str, float | None]
@@ -197,6 +200,7 @@ def _setups(board: Leaderboard, subsets: Mapping[str, tuple[str, str, int]]) -> 
                 settings=scale_settings(first),
                 tasks=tuple(sorted(first.tasks)),
                 code_versions=_code_versions(runs),
+                differences=tuple(d for d in board.differences if d.comparability_key == key),
             )
         )
     return tuple(setups)
@@ -248,6 +252,7 @@ def results_view(
         baselines=tuple(
             BaselineRow(
                 run_id=run.run_id,
+                family=run.baseline_family,
                 samples_seen=run.samples_seen,
                 seed=run.seed,
                 accuracy={task: run.accuracy(task) for task in baseline_tasks},

@@ -18,6 +18,7 @@ from curate.manifest import NotAPoolError, read_manifest
 from curate.training.data import read_image_parquet
 from curate.training.scales import get_scale
 from curate.training.score import ScoreResult, score
+from eval.collect import ID_FAMILY
 from eval.tasks import load_registry
 
 
@@ -96,6 +97,7 @@ def run_baselines(
     scale_name: str = "tiny",
     scales_file: Path | str | None = None,
     tasks_file: Path | str | None = None,
+    family: str = ID_FAMILY,
     show_progress: bool = True,
     on_run: Callable[[ScoreResult], None] | None = None,
     on_task: Callable[[Any], None] | None = None,
@@ -119,7 +121,7 @@ def run_baselines(
                 tasks=task_ids,
                 tasks_file=tasks_file,
                 scale=base.with_samples_seen(budget),
-                baseline=True,
+                baseline_family=family,
                 show_progress=show_progress,
                 on_task=on_task,
             )

@@ -43,6 +43,7 @@ RECORD_RUN_FIELDS = (
     "seed",
     "samples_seen",
     "baseline",
+    "baseline_family",
     "comparability_key",
     "config",
     "code_version",
@@ -95,8 +96,10 @@ def describe_run(
     scale: Scale,
     seed: int,
     task_ids: Sequence[str],
-    baseline: bool,
+    baseline_family: str | None,
 ) -> dict[str, Any]:
+    """``baseline_family``: None for a candidate's run; for a baseline point, its family
+    ("id": trained on ID data only, the single-ID line; e.g. "pool": the multi-ID plane only)."""
     identity = training_set.identity
     return {
         "run_id": make_run_id(scale_name, scale, seed),
@@ -107,7 +110,8 @@ def describe_run(
         "scale": scale_name,
         "seed": seed,
         "samples_seen": scale.steps * scale.batch_size,
-        "baseline": baseline,
+        "baseline": baseline_family is not None,
+        "baseline_family": baseline_family,
         "comparability_key": comparability_key(scale, task_ids),
         "config": scale.model_dump(),
         "tasks": list(task_ids),
@@ -129,12 +133,15 @@ def score(
     scales_file: Path | str | None = None,
     tasks_file: Path | str | None = None,
     scale: Scale | None = None,
-    baseline: bool = False,
+    baseline_family: str | None = None,
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     on_task: Callable[[Any], None] | None = None,
 ) -> ScoreResult:
-    """Train (or resume) and evaluate one run; ``scale`` overrides the named scale's settings."""
+    """Train (or resume) and evaluate one run; ``scale`` overrides the named scale's settings.
+
+    ``baseline_family`` marks the run as a baseline point of that family (see
+    :func:`describe_run`) instead of a candidate's result."""
     from eval.evaluate import check_task_data
     from eval.tasks import load_registry
 
@@ -145,7 +152,7 @@ def score(
     task_ids = registry.task_ids(list(tasks) if tasks else None)
     raw_pool = training_set.identity.get("raw_pool")
     check_task_data(registry, task_ids, raw_pool)  # a missing task fails before any training
-    run = describe_run(training_set, scale_name, scale, seed, task_ids, baseline)
+    run = describe_run(training_set, scale_name, scale, seed, task_ids, baseline_family)
     run_dir = results_dir(target) / run["run_id"]
     is_main = int(os.environ.get("RANK", "0")) == 0
     if not is_main:  # the other torchrun processes only train
