@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli import scale_options
 from cli.app import app
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ def build_pool_command(
         int, typer.Option(min=1, help="Samples per tar when resharding.")
     ] = 10_000,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    executor: scale_options.Executor = "local",
+    workers: scale_options.Workers = None,
+    ray_address: scale_options.RayAddress = None,
 ) -> None:
     """Run RECIPE's stages over POOL and write the candidate pool OUT.
 
@@ -36,15 +40,21 @@ def build_pool_command(
     stage's decision per sample (decisions.parquet), per-stage counts (stages.parquet) and,
     on the demo pool, each stage's precision/recall against the injected noise
     (ground_truth.parquet). An interrupted run resumes after its last finished stage.
+    With --reshard, one task per output tar runs on --executor (the stages run here, over
+    whole columns; see docs/scaling.md).
 
     Example: curate build-pool demo_clip_top50 --pool demo/pool --out demo/clip50
     """
     from curate.build_pool import build_pool
+    from curate.executor import make_executor
     from curate.recipe import load_recipe
 
     console = Console()
     loaded = load_recipe(recipe)
-    with _StageProgress(console) as observer:
+    with (
+        make_executor(executor, workers, ray_address) as runner,
+        _StageProgress(console) as observer,
+    ):
         result = build_pool(
             loaded,
             pool,
@@ -53,6 +63,7 @@ def build_pool_command(
             reshard=reshard,
             samples_per_shard=samples_per_shard,
             observer=observer,
+            executor=runner,
         )
     console.print(_summary_table(result, loaded.name))
     if result.ground_truth is not None:

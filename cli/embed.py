@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli import scale_options
 from cli.app import app
 
 
@@ -42,9 +43,21 @@ def embed_command(
     device: Annotated[str, typer.Option(help="cpu, or cuda (mixed precision).")] = "cpu",
     workers: Annotated[
         int | None,
-        typer.Option(min=0, help="Image decoding processes (default: cores - 1, at most 8)."),
+        typer.Option(
+            min=0,
+            help="--executor local: image decoding processes (default: cores - 1, at most 8).",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing set of that name.")] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            help="local: this process runs the model, --workers processes decode the images. "
+            "ray: one task per shard on a Ray instance (local, or --ray-address), each worker "
+            "loading the model once. The vectors are the same bytes either way."
+        ),
+    ] = "local",
+    ray_address: scale_options.RayAddress = None,
 ) -> None:
     """Embed a pool's images and captions with a CLIP model.
 
@@ -56,18 +69,21 @@ def embed_command(
     Example: curate embed demo/pool --checkpoint runs/filter-model
     """
     from curate.embedding import embed_pool
+    from curate.executor import make_executor
 
-    report = embed_pool(
-        pool,
-        arch=model,
-        pretrained=pretrained,
-        checkpoint=checkpoint,
-        name=name,
-        batch_size=batch_size,
-        device=device,
-        workers=workers,
-        overwrite=overwrite,
-    )
+    with make_executor(executor, ray_address=ray_address) as runner:
+        report = embed_pool(
+            pool,
+            arch=model,
+            pretrained=pretrained,
+            checkpoint=checkpoint,
+            name=name,
+            batch_size=batch_size,
+            device=device,
+            workers=workers,
+            overwrite=overwrite,
+            executor=None if runner.name == "local" else runner,
+        )
     earlier = report.shards_total - len(report.shards_computed)
     typer.echo(
         f"embedded {report.rows:,} samples (dim {report.dim}) into {report.path} in "

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli import scale_options
 from cli.app import app
 from curate.ingest import FORMATS
 
@@ -60,6 +61,9 @@ def ingest_command(
     ] = 10_000,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    executor: scale_options.Executor = "local",
+    workers: scale_options.Workers = None,
+    ray_address: scale_options.RayAddress = None,
 ) -> None:
     """Make a pool from an image-text source.
 
@@ -67,9 +71,12 @@ def ingest_command(
     Bad rows (unreadable image, empty or non-UTF-8 caption, failed download, damaged tar)
     are skipped and counted, with file and row, in OUT/ingest_report.json and the summary.
     OUT appears only when complete; rerun the same command to resume an interrupted run.
+    img2dataset tars and parquet row blocks are checked in parallel (--executor, --workers);
+    the other formats are read in this process.
 
-    Example: curate ingest downloads/ --out pools/web
+    Example: curate ingest downloads/ --out pools/web --executor ray
     """
+    from curate.executor import make_executor
     from curate.ingest.base import IngestOptions
     from curate.ingest.run import ingest
 
@@ -80,16 +87,18 @@ def ingest_command(
         captions_file=captions,
         split=split,
     )
-    result = ingest(
-        source,
-        out,
-        format=format,
-        options=options,
-        name=name,
-        samples_per_shard=samples_per_shard,
-        overwrite=overwrite,
-        show_progress=not quiet,
-    )
+    with make_executor(executor, workers, ray_address) as runner:
+        result = ingest(
+            source,
+            out,
+            format=format,
+            options=options,
+            name=name,
+            samples_per_shard=samples_per_shard,
+            overwrite=overwrite,
+            show_progress=not quiet,
+            executor=runner,
+        )
     print_summary(result)
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.atomic import (
     exclusive_lock,
@@ -34,12 +33,21 @@ from curate.atomic import (
     write_parquet,
     write_text,
 )
+from curate.decisions import StageDecisions, write_decisions
 from curate.errors import UserInputError
+from curate.executor import Executor, LocalExecutor
 from curate.ground_truth import ground_truth_report, has_ground_truth
 from curate.layout import SubsetLayout
 from curate.manifest import Manifest, produced_by
 from curate.pool import Pool
-from curate.pool_writer import CORE_COLUMNS, PoolWriter, SourceSample
+from curate.pool_writer import (
+    CORE_COLUMNS,
+    PoolWriter,
+    SourceSample,
+    ValidSample,
+    validate_sample,
+    write_shard,
+)
 from curate.recipe import Recipe, RecipeStage, bind_to_pool
 from curate.uid import save_subset
 from filters.registry import StageContext, StageResult, get_stage
@@ -47,6 +55,7 @@ from filters.registry import StageContext, StageResult, get_stage
 RESUME_DIR = "_resume"  # finished stages, inside the staging directory
 RESHARD_DIR = "_reshard"  # the resharded pool while it is being written
 GROUND_TRUTH = "ground_truth.parquet"
+DECISIONS = "decisions.parquet"  # a finished stage's decisions, inside its resume directory
 ROW = "row"
 
 
@@ -95,8 +104,12 @@ def build_pool(
     reshard: bool = False,
     samples_per_shard: int = 10_000,
     observer: BuildObserver | None = None,
+    executor: Executor | None = None,
 ) -> BuildResult:
-    """Run ``recipe`` over the pool at ``pool_path``; publish the candidate pool at ``out``."""
+    """Run ``recipe`` over the pool at ``pool_path``; publish the candidate pool at ``out``.
+
+    ``executor`` writes the resharded tars (one task per output shard; default: in this
+    process); the stages themselves run here, over whole columns."""
     observer = observer or BuildObserver()
     pool = Pool.open(pool_path)
     out = Path(out)
@@ -117,41 +130,44 @@ def build_pool(
         samples = pool.samples()
         if ROW in samples.columns:
             raise UserInputError(f"{pool.layout.samples}: column {ROW!r} is reserved for curate")
-        samples = samples.with_row_index(ROW)
-        survivors = samples
-        stage_decisions: list[pl.DataFrame] = []
+        pool_count, ground_truth = samples.height, has_ground_truth(samples)
+        survivors = samples.with_row_index(ROW)
+        del samples  # the first stage's filter frees the whole table
+        stage_files: list[StageDecisions] = []
         stage_stats: list[StageStats] = []
         for stage in stages:
             key = _stage_key(identity, recipe, stage)
             stage_dir = resume / f"{stage.index:03d}-{stage.name}-{key[:16]}"
             observer.stage_started(stage, survivors.height)
-            decisions, stats = _run_or_resume(stage, survivors, pool, recipe, identity, stage_dir)
+            kept, stats = _run_or_resume(stage, survivors, pool, recipe, identity, stage_dir)
             observer.stage_finished(stats)
-            stage_decisions.append(decisions)
+            stage_files.append(StageDecisions(stage.index, stage.name, stage_dir / DECISIONS))
             stage_stats.append(stats)
-            survivors = survivors.filter(pl.Series(decisions["kept"]))
+            survivors = survivors.filter(kept)
+            del kept
 
         _clear_outputs(staging)
         layout = SubsetLayout(staging)
-        decisions = _decisions_table(recipe, samples, stage_decisions)
-        write_parquet(layout.decisions, decisions)
+        write_decisions(layout.decisions, pool.samples(columns=["uid"])["uid"], stage_files)
         write_parquet(layout.stages, _stages_table(stage_stats))
         kept_uids = survivors["uid"].sort()
         write_parquet(layout.uids_parquet, pl.DataFrame({"uid": kept_uids}))
         save_subset(kept_uids.to_list(), layout.uids_npy)
         write_text(layout.recipe, recipe.text)
         report = None
-        if has_ground_truth(samples):
-            report = ground_truth_report(samples, pl.from_arrow(decisions))
+        if ground_truth:
+            labels = pool.scan_samples().with_row_index(ROW)
+            report = ground_truth_report(labels, pl.scan_parquet(layout.decisions))
             write_parquet(staging / GROUND_TRUTH, report)
         if reshard:
-            _reshard(pool, survivors, staging, identity, samples_per_shard, observer)
+            executor = executor or LocalExecutor(workers=1)
+            _reshard(pool, survivors, staging, identity, samples_per_shard, observer, executor)
         shutil.rmtree(resume)
         _manifest(out, pool, recipe, identity, survivors.height, reshard, stage_stats).write(
             staging
         )
         publish_directory(staging, out, overwrite=overwrite)
-    return BuildResult(out, samples.height, survivors.height, tuple(stage_stats), report)
+    return BuildResult(out, pool_count, survivors.height, tuple(stage_stats), report)
 
 
 # -- identity and resume ---------------------------------------------------------------------
@@ -194,13 +210,14 @@ def _run_or_resume(
     recipe: Recipe,
     identity: dict[str, Any],
     stage_dir: Path,
-) -> tuple[pl.DataFrame, StageStats]:
-    decisions_path, stats_path = stage_dir / "decisions.parquet", stage_dir / "stats.json"
+) -> tuple[pl.Series, StageStats]:
+    """The stage's keep-mask over ``rows``; its decisions are saved in ``stage_dir``."""
+    decisions_path, stats_path = stage_dir / DECISIONS, stage_dir / "stats.json"
     if stats_path.is_file():  # written last: the stage finished in an earlier run
         stats = StageStats(**json.loads(stats_path.read_text("utf-8")))
-        decisions = pl.read_parquet(decisions_path)
+        decisions = pl.read_parquet(decisions_path, columns=[ROW, "kept"])
         if decisions[ROW].equals(rows[ROW]):
-            return decisions, StageStats(**{**asdict(stats), "resumed": True})
+            return decisions["kept"], StageStats(**{**asdict(stats), "resumed": True})
     started = time.perf_counter()
     if rows.height == 0:
         result = StageResult(keep=np.zeros(0, dtype=bool), reason="")
@@ -225,7 +242,7 @@ def _run_or_resume(
     )
     write_parquet(decisions_path, decisions)
     write_json(stats_path, asdict(stats))
-    return decisions, stats
+    return decisions["kept"], stats
 
 
 def _stage_decisions(stage: RecipeStage, rows: pl.DataFrame, result: StageResult) -> pl.DataFrame:
@@ -238,11 +255,12 @@ def _stage_decisions(stage: RecipeStage, rows: pl.DataFrame, result: StageResult
             f"dtype {keep.dtype}; expected {n} booleans, one per row it was given"
         )
     if isinstance(result.reason, str):
-        reason = np.full(n, result.reason, dtype=object)
+        reason = pl.Series([result.reason], dtype=pl.String).new_from_index(0, n)
     else:
-        reason = np.asarray(result.reason, dtype=object)
-        if reason.shape != (n,):
-            raise RuntimeError(f"stage {stage.name} returned {reason.shape} reasons for {n} rows")
+        reasons = np.asarray(result.reason, dtype=object)
+        if reasons.shape != (n,):
+            raise RuntimeError(f"stage {stage.name} returned {reasons.shape} reasons for {n} rows")
+        reason = pl.Series(pa.array(reasons, pa.large_string()), dtype=pl.String)
     score: np.ndarray | None = None
     if result.score is not None:
         score = np.asarray(result.score, dtype=np.float32)
@@ -252,8 +270,10 @@ def _stage_decisions(stage: RecipeStage, rows: pl.DataFrame, result: StageResult
         {
             ROW: rows[ROW],
             "kept": pl.Series(keep, dtype=pl.Boolean),
-            "reason": pl.Series(reason.tolist(), dtype=pl.String),
-            "score": pl.Series(score if score is not None else [None] * n, dtype=pl.Float32),
+            "reason": reason,
+            "score": pl.Series(score, dtype=pl.Float32)
+            if score is not None
+            else pl.repeat(None, n, dtype=pl.Float32, eager=True),
         }
     ).with_columns(reason=pl.when(pl.col("kept")).then(None).otherwise(pl.col("reason")))
 
@@ -267,31 +287,6 @@ def _clear_outputs(staging: Path) -> None:
     for entry in staging.iterdir():
         if entry.name not in keep:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-
-
-def _decisions_table(
-    recipe: Recipe, samples: pl.DataFrame, stage_decisions: list[pl.DataFrame]
-) -> pa.Table:
-    """All stages' decisions: ≤ pool rows × stages rows, strings dictionary-encoded."""
-    schema = {ROW: pl.UInt32, "kept": pl.Boolean, "reason": pl.String, "score": pl.Float32}
-    parts = [
-        d.with_columns(
-            pl.lit(s.index, pl.UInt16).alias("stage_index"), pl.lit(s.name).alias("stage")
-        )
-        for s, d in zip(recipe.stages, stage_decisions, strict=True)
-    ]
-    empty = pl.DataFrame(schema=schema).with_columns(
-        pl.lit(0, pl.UInt16).alias("stage_index"), pl.lit("").alias("stage")
-    )
-    table = pl.concat(parts) if parts else empty
-    table = table.with_columns(samples["uid"].gather(table[ROW]).alias("uid")).select(
-        "uid", ROW, "stage_index", "stage", "kept", "reason", "score"
-    )
-    arrow = table.to_arrow()
-    for name in ("stage", "reason"):
-        column = pc.dictionary_encode(arrow[name].cast(pa.string()))
-        arrow = arrow.set_column(arrow.schema.get_field_index(name), name, column)
-    return arrow
 
 
 def _stages_table(stats: list[StageStats]) -> pl.DataFrame:
@@ -367,8 +362,14 @@ def _reshard(
     identity: dict[str, Any],
     samples_per_shard: int,
     observer: BuildObserver,
+    executor: Executor,
 ) -> None:
-    """Copy the kept samples into the subset's own shards (the pool writer's layout)."""
+    """Copy the kept samples into the subset's own shards (the pool writer's layout): one
+    task per output shard, reading the kept samples of its range from the pool's shards.
+    Finished shards survive an interrupted run."""
+    duplicated = kept.filter(pl.col("uid").is_duplicated())
+    if duplicated.height:
+        raise RuntimeError(f"{pool.layout.samples}: uid {duplicated['uid'][0]} is repeated")
     target = staging / RESHARD_DIR
     params = {"pool": identity, "uids_sha256": _uids_digest(kept["uid"])}
     observer.reshard_started(kept.height)
@@ -381,15 +382,44 @@ def _reshard(
         samples_per_shard=samples_per_shard,
         overwrite=True,
     ) as writer:
-        for sample in _kept_samples(pool, kept):
-            if not writer.add(sample):
-                raise RuntimeError(f"{sample.where}: a pool sample failed validation on reshard")
-            observer.reshard_advanced(1)
+        size = samples_per_shard
+        first = writer.shards_done  # finished by an interrupted run
+        observer.reshard_advanced(min(first * size, kept.height))
+        tasks = [
+            _ReshardTask(pool, writer.staging, i, kept.slice(i * size, size))
+            for i in range(first, -(-kept.height // size))
+        ]
+        for task, count in zip(tasks, executor.map(_write_kept_shard, tasks), strict=True):
+            writer.shards_written(task.shard_index + 1, task.shard_index * size + count)
+            observer.reshard_advanced(count)
     (staging / f".{RESHARD_DIR}.lock").unlink(missing_ok=True)
     layout = SubsetLayout(staging)
     (target / "samples.parquet").replace(staging / "samples.parquet")
     (target / "shards").replace(layout.shards_dir)
     shutil.rmtree(target)
+
+
+@dataclass(frozen=True)
+class _ReshardTask:
+    pool: Pool
+    staging: Path  # the resharded pool's staging directory
+    shard_index: int
+    kept: pl.DataFrame  # this shard's samples, in pool order
+
+
+def _write_kept_shard(task: _ReshardTask) -> int:
+    samples = _validated(_kept_samples(task.pool, task.kept))
+    return write_shard(task.staging, task.shard_index, samples)
+
+
+def _validated(samples: Iterator[SourceSample]) -> Iterator[ValidSample]:
+    for sample in samples:
+        try:
+            yield validate_sample(sample)
+        except ValueError as error:
+            raise RuntimeError(
+                f"{sample.where}: a pool sample failed validation on reshard ({error})"
+            ) from None
 
 
 def _uids_digest(uids: pl.Series) -> str:

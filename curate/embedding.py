@@ -17,6 +17,10 @@ preprocessed in DataLoader workers, and written into ``.npy`` files preallocated
 pool's row count and memory-mapped, so memory does not grow with the pool. Batches never
 span two shards, so a shard's vectors do not depend on which other shards ran.
 
+Scale-out: given an :mod:`~curate.executor` (``curate embed --executor ray``), each shard is
+one task instead: a worker loads the model once, embeds the shard in the same batches and
+hands its vectors back; this process writes them in. The vectors are the same bytes.
+
 Resume: the set is built in ``embeddings/.<name>.partial/``; after each shard the arrays are
 flushed and the shard is recorded in ``progress.json``. A rerun with the same model and pool
 skips finished shards; the set directory appears (atomically) only when complete.
@@ -51,6 +55,7 @@ from curate.atomic import (
 )
 from curate.embedding_store import write_clip_score
 from curate.errors import UserInputError
+from curate.executor import Executor
 from curate.layout import EmbeddingLayout
 from curate.manifest import produced_by
 from curate.model_loading import CHECKPOINT_WEIGHTS, LoadedClip, load_clip
@@ -101,6 +106,30 @@ class _WorkerError(NamedTuple):
     message: str
 
 
+class _ModelSpec(NamedTuple):
+    """What :func:`load_clip` needs: how an executor's worker loads the same model."""
+
+    arch: str | None
+    pretrained: str | None
+    checkpoint: str | None
+    device: str
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    """One shard for an executor's worker to embed."""
+
+    pool_root: Path
+    job: _ShardJob
+    model: _ModelSpec
+    identity: str  # the model's identity as the parent loaded it (JSON): the weights' sha256
+    batch_size: int
+
+
+# per process, the last model loaded (a worker loads it once for all the shards it embeds)
+_MODELS: dict[str, LoadedClip] = {}
+
+
 def default_workers() -> int:
     """Decoding workers: all cores but one (the model runs in the main process), at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
@@ -131,8 +160,13 @@ def embed_pool(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    executor: Executor | None = None,
 ) -> EmbedReport:
-    """Embed every sample of a pool into ``embeddings/<name>/`` (see the module docstring)."""
+    """Embed every sample of a pool into ``embeddings/<name>/`` (see the module docstring).
+
+    Without an ``executor`` this process runs the model and ``workers`` processes decode the
+    images (the better layout on one machine, and for one GPU); with one, every shard is a
+    task on it (``workers`` is then unused)."""
     pool = Pool.open(pool_path)
     if not pool.manifest.has_images:
         raise UserInputError(
@@ -151,13 +185,17 @@ def embed_pool(
         )
     if name is not None:
         _refuse_existing(pool.layout.embeddings(name), overwrite)  # before loading the model
+    spec = _ModelSpec(arch, pretrained, None if checkpoint is None else str(checkpoint), device)
     loaded = load_clip(arch, pretrained=pretrained, checkpoint=checkpoint, device=device)
+    _MODELS.clear()
+    _MODELS[_identity_key(loaded)] = loaded  # a task run in this process uses it
     name = name or default_set_name(loaded.identity)
     layout = pool.layout.embeddings(name)
     with exclusive_lock(layout.root):
         _refuse_existing(layout, overwrite)
-        run = _EmbedRun(pool, loaded, name, layout, batch_size, device)
-        return run.execute(default_workers() if workers is None else workers, overwrite, progress)
+        run = _EmbedRun(pool, loaded, spec, name, layout, batch_size, device)
+        workers = default_workers() if workers is None else workers
+        return run.execute(workers, overwrite, progress, executor)
 
 
 def _refuse_existing(layout: EmbeddingLayout, overwrite: bool) -> None:
@@ -171,6 +209,7 @@ def _refuse_existing(layout: EmbeddingLayout, overwrite: bool) -> None:
 class _EmbedRun:
     pool: Pool
     loaded: LoadedClip
+    spec: _ModelSpec
     name: str
     layout: EmbeddingLayout
     batch_size: int
@@ -180,7 +219,9 @@ class _EmbedRun:
     def precision(self) -> str:
         return "amp" if self.device.startswith("cuda") else "fp32"
 
-    def execute(self, workers: int, overwrite: bool, progress: bool) -> EmbedReport:
+    def execute(
+        self, workers: int, overwrite: bool, progress: bool, executor: Executor | None
+    ) -> EmbedReport:
         started = time.perf_counter()
         jobs, rows = _plan(self.pool)
         fingerprint = {
@@ -203,7 +244,11 @@ class _EmbedRun:
         with progress_bar(
             rows, f"embed {self.name}", progress, completed=rows_done_before, unit="images"
         ) as advance:
-            for ordinal, batch_rows, image, text in self._batches(pending, workers):
+            if executor is None:
+                results = self._batches(pending, workers)
+            else:
+                results = self._shard_results(pending, executor)
+            for ordinal, batch_rows, image, text in results:
                 image_array[batch_rows] = image
                 text_array[batch_rows] = text
                 advance(len(batch_rows))
@@ -248,19 +293,19 @@ class _EmbedRun:
             num_workers=min(workers, len(jobs)),
             pin_memory=device.startswith("cuda"),
         )
-        autocast = torch.autocast("cuda") if device.startswith("cuda") else contextlib.nullcontext()
         for batch in loader:
-            if isinstance(batch, _WorkerError):
-                raise UserInputError(batch.message)
-            with torch.inference_mode(), autocast:
-                image = loaded.model.encode_image(batch.images.to(device, non_blocking=True))
-                text = loaded.model.encode_text(batch.tokens.to(device, non_blocking=True))
-            yield (
-                batch.ordinal,
-                batch.rows.numpy(),
-                F.normalize(image.float(), dim=-1).half().cpu().numpy(),
-                F.normalize(text.float(), dim=-1).half().cpu().numpy(),
-            )
+            yield _encode(loaded, batch, device)
+
+    def _shard_results(
+        self, jobs: list[_ShardJob], executor: Executor
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+        """As :meth:`_batches`, one whole shard at a time, each shard a task on ``executor``."""
+        identity = _identity_key(self.loaded)
+        tasks = [
+            _ShardTask(self.pool.root, job, self.spec, identity, self.batch_size) for job in jobs
+        ]
+        gpus = 1 if self.device.startswith("cuda") else 0
+        return executor.map(_embed_shard, tasks, gpus=gpus)
 
     def _meta(self, rows: int) -> dict[str, Any]:
         return {
@@ -279,6 +324,57 @@ class _EmbedRun:
                 "embed", name=self.name, device=self.device, batch_size=self.batch_size
             ),
         }
+
+
+def _encode(
+    loaded: LoadedClip, batch: _Batch | _WorkerError, device: str
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """(shard ordinal, rows, image vectors, text vectors) of a batch, float16 unit vectors."""
+    if isinstance(batch, _WorkerError):
+        raise UserInputError(batch.message)
+    autocast = torch.autocast("cuda") if device.startswith("cuda") else contextlib.nullcontext()
+    with torch.inference_mode(), autocast:
+        image = loaded.model.encode_image(batch.images.to(device, non_blocking=True))
+        text = loaded.model.encode_text(batch.tokens.to(device, non_blocking=True))
+    return (
+        batch.ordinal,
+        batch.rows.numpy(),
+        F.normalize(image.float(), dim=-1).half().cpu().numpy(),
+        F.normalize(text.float(), dim=-1).half().cpu().numpy(),
+    )
+
+
+def _identity_key(loaded: LoadedClip) -> str:
+    return json.dumps(loaded.identity, sort_keys=True, default=str)
+
+
+def _embed_shard(task: _ShardTask) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """One shard's vectors, computed in the same batches as the in-process pipeline."""
+    loaded = _MODELS.get(task.identity)
+    if loaded is None:
+        _MODELS.clear()
+        loaded = load_clip(*task.model)
+        if _identity_key(loaded) != task.identity:
+            weights = task.model.checkpoint or task.model.pretrained
+            raise UserInputError(
+                f"the model's weights ({weights}) changed while `curate embed` ran: a worker "
+                "loaded other weights than this process; rerun the command"
+            )
+        _MODELS[task.identity] = loaded
+    dataset = _ShardBatches(
+        task.pool_root, [task.job], loaded.preprocess, loaded.tokenizer, task.batch_size
+    )
+    batches = [_encode(loaded, batch, task.model.device) for batch in dataset]
+    if not batches:
+        dim = loaded.identity["dim"]
+        empty = np.zeros((0, dim), dtype=np.float16)
+        return task.job.ordinal, np.zeros(0, dtype=np.int64), empty, empty
+    return (
+        task.job.ordinal,
+        np.concatenate([b[1] for b in batches]),
+        np.concatenate([b[2] for b in batches]),
+        np.concatenate([b[3] for b in batches]),
+    )
 
 
 def _plan(pool: Pool) -> tuple[list[_ShardJob], int]:

@@ -33,29 +33,39 @@ def has_ground_truth(samples: pl.DataFrame) -> bool:
     return NOISE_COLUMN in samples.columns
 
 
-def ground_truth_report(samples: pl.DataFrame, decisions: pl.DataFrame) -> pl.DataFrame:
+def ground_truth_report(
+    samples: pl.DataFrame | pl.LazyFrame, decisions: pl.DataFrame | pl.LazyFrame
+) -> pl.DataFrame:
     """Precision and recall of removals per stage and noise type.
 
-    ``samples``: columns ``row`` and ``noise``; ``decisions``: ``row``, ``stage_index``,
-    ``stage``, ``kept`` (one row per sample and stage that saw it).
+    ``samples``: columns ``row`` and ``noise`` (``uid`` and ``duplicate_of`` where there are
+    duplicates); ``decisions``: ``row``, ``stage_index``, ``stage``, ``kept`` (one row per
+    sample and stage that saw it). Lazy frames (e.g. ``pl.scan_parquet`` of
+    decisions.parquet) are read with the streaming engine, in bounded memory.
     Returns columns stage_index, stage, noise, seen, removed, precision, recall.
     """
-    duplicate_of = (
-        pl.col(DUPLICATE_OF) if DUPLICATE_OF in samples.columns else pl.lit(None, pl.String)
-    )
+    samples, decisions = samples.lazy(), decisions.lazy()
+    columns = samples.collect_schema().names()
+
+    def optional(name: str) -> pl.Expr:
+        return pl.col(name) if name in columns else pl.lit(None, pl.String)
+
     labels = samples.select(
         pl.col("row"),
-        pl.col("uid"),
+        optional("uid").alias("uid"),
         pl.col(NOISE_COLUMN).cast(pl.String).fill_null(CLEAN).alias("noise"),
-        duplicate_of.alias(DUPLICATE_OF),
+        optional(DUPLICATE_OF).alias(DUPLICATE_OF),
     )
-    stage_count = int(decisions["stage_index"].max()) + 1 if decisions.height else 0
-    removed_rows = decisions.filter(~pl.col("kept"))["row"].unique()
-    whole_recipe = labels.select(
+    last_index = decisions.select(pl.col("stage_index").max()).collect().item()
+    stage_count = 0 if last_index is None else int(last_index) + 1
+    removed_rows = (
+        decisions.filter(~pl.col("kept")).select("row").unique().with_columns(removed=True)
+    )
+    whole_recipe = labels.join(removed_rows, on="row", how="left").select(
         pl.lit(stage_count, pl.Int64).alias("stage_index"),
         pl.lit(ALL_STAGES).alias("stage"),
         pl.col("row"),
-        (~pl.col("row").is_in(removed_rows.implode())).alias("kept"),
+        pl.col("removed").is_null().alias("kept"),
     )
     per_stage = decisions.select(
         pl.col("stage_index").cast(pl.Int64), pl.col("stage").cast(pl.String), "row", "kept"
@@ -72,7 +82,7 @@ def ground_truth_report(samples: pl.DataFrame, decisions: pl.DataFrame) -> pl.Da
         .group_by("stage_index", "stage")
         .agg(pl.len().alias("seen"), (~pl.col("kept")).sum().alias("removed"))
         .with_columns(pl.lit(NOISY).alias("noise"))
-        .select(by_type.columns)
+        .select("stage_index", "stage", "noise", "seen", "removed")
     )
     removed_by_stage = by_type.group_by("stage_index").agg(
         pl.col("removed").sum().alias("removed_by_stage")
@@ -91,10 +101,10 @@ def ground_truth_report(samples: pl.DataFrame, decisions: pl.DataFrame) -> pl.Da
         .sort("stage_index", "_order", "noise")
         .drop("_order", "removed_by_stage")
     )
-    return report
+    return report.collect(engine="streaming")
 
 
-def _swap_duplicate_pairs(seen: pl.DataFrame) -> pl.DataFrame:
+def _swap_duplicate_pairs(seen: pl.LazyFrame) -> pl.LazyFrame:
     """Where a stage kept a duplicate but removed its original, swap their labels."""
     kept_copies = seen.filter(
         pl.col("kept") & pl.col("noise").is_in(DUPLICATE_KINDS) & pl.col(DUPLICATE_OF).is_not_null()
@@ -102,8 +112,12 @@ def _swap_duplicate_pairs(seen: pl.DataFrame) -> pl.DataFrame:
     removed = seen.filter(~pl.col("kept")).select("stage_index", "uid", "row", "noise")
     pairs = (
         kept_copies.join(removed, on=["stage_index", "uid"])
-        .sort("copy_row")
-        .unique(subset=["stage_index", "row"], keep="first")  # one copy per original
+        .group_by("stage_index", "row")  # one copy per original: the lowest row
+        .agg(
+            pl.col("noise").first(),
+            pl.col("copy_noise").sort_by("copy_row").first(),
+            pl.col("copy_row").min(),
+        )
     )
     relabel = pl.concat(
         [

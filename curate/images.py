@@ -7,7 +7,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Larger images are refused as likely decompression bombs (PIL's own default is ~179M).
 MAX_IMAGE_PIXELS = 64_000_000
@@ -47,7 +47,10 @@ def inspect_image(data: bytes) -> ImageInfo:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise BadImageError(f"possible decompression bomb: {error}") from None
     except Exception as error:  # PIL raises many types for corrupt data
-        raise BadImageError(f"cannot decode image: {type(error).__name__}: {error}") from None
+        # PIL names an unidentified in-memory file by its address, which differs between runs
+        unidentified = isinstance(error, UnidentifiedImageError)
+        detail = "cannot identify image file" if unidentified else error
+        raise BadImageError(f"cannot decode image: {type(error).__name__}: {detail}") from None
     extension = _FORMAT_TO_EXTENSION.get(image_format)
     if extension is None:
         raise BadImageError(f"unsupported image format {image_format or 'unknown'!r}")

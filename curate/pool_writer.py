@@ -38,7 +38,7 @@ from curate.atomic import (
 )
 from curate.embedding_store import write_clip_score
 from curate.errors import UserInputError
-from curate.images import BadImageError, inspect_image
+from curate.images import BadImageError, ImageInfo, inspect_image
 from curate.layout import PoolLayout, sample_key
 from curate.manifest import Manifest, produced_by
 from curate.npy_appender import NpyAppender, compact_rows
@@ -124,6 +124,87 @@ def _clean_caption(text: str | bytes | None) -> str:
     if not text:
         raise ValueError("empty caption")
     return text
+
+
+@dataclass(frozen=True)
+class ValidSample:
+    """A sample that passed validation, before it has a place (shard, key) in a pool."""
+
+    uid: str
+    text: str  # cleaned caption
+    info: ImageInfo
+    source: str
+    image: bytes
+    extras: Mapping[str, Any]
+
+
+def validate_sample(item: SourceSample) -> ValidSample:
+    """Check one sample (caption, image, uid); a ValueError's message is the skip reason.
+    Duplicate uids are the writer's concern: this sees one sample."""
+    text = _clean_caption(item.text)
+    if item.image is None:
+        raise BadImageError("no image bytes")
+    info = inspect_image(item.image)
+    uid = item.uid or make_uid(item.source, item.where)
+    if not is_valid_uid(uid):
+        raise ValueError(f"invalid uid {uid!r}")
+    return ValidSample(uid, text, info, item.source, item.image, item.extras)
+
+
+def shard_entry(
+    sample: ValidSample, shard_index: int, position: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The samples.parquet row and the webdataset tar member of a sample at its place."""
+    key = sample_key(shard_index, position)
+    info = sample.info
+    row = {
+        "uid": sample.uid,
+        "text": sample.text,
+        "width": info.width,
+        "height": info.height,
+        "sha256": info.sha256,
+        "source": sample.source,
+        "shard": f"shards/{shard_index:05d}.tar",
+        "key": key,
+        "image_ext": info.extension,
+        **{k: v for k, v in sample.extras.items() if k not in CORE_COLUMNS},
+    }
+    member_json = {k: v for k, v in row.items() if k not in ("shard", "image_ext")}
+    member_json["caption"] = sample.text
+    member = {
+        "__key__": key,
+        info.extension: sample.image,
+        "txt": sample.text.encode("utf-8"),
+        "json": json.dumps(member_json, sort_keys=True, default=str).encode("utf-8"),
+    }
+    return row, member
+
+
+def shard_rows_path(staging: Path, shard_index: int) -> Path:
+    """Where a finished shard's samples.parquet rows wait until the pool is published."""
+    return staging / "rows" / f"{shard_index:05d}.parquet"
+
+
+def write_shard(staging: Path, shard_index: int, samples: Iterable[ValidSample]) -> int:
+    """Write one whole shard of the pool being built in ``staging`` (a :class:`PoolWriter`'s
+    staging directory): the same tar and rows that :meth:`PoolWriter.add` writes one sample
+    at a time, so that workers can write shards in parallel. Returns the sample count."""
+    layout = PoolLayout(staging)
+    shard = layout.shard(shard_index)
+    partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")
+    rows = []
+    with open(partial, "wb") as handle:
+        tar = TarWriter(handle, encoder=False, mtime=SHARD_MTIME)
+        for position, sample in enumerate(samples):
+            row, member = shard_entry(sample, shard_index, position)
+            tar.write(member)
+            rows.append(row)
+        tar.close()
+    os.replace(partial, shard)
+    write_parquet(
+        shard_rows_path(staging, shard_index), pl.DataFrame(rows, infer_schema_length=None)
+    )
+    return len(rows)
 
 
 class PoolWriter:
@@ -273,54 +354,38 @@ class PoolWriter:
             self.skip(item.where, item.reason)
             return False
         try:
-            text = _clean_caption(item.text)
-            if item.image is None:
-                raise BadImageError("no image bytes")
-            info = inspect_image(item.image)
+            sample = validate_sample(item)
         except ValueError as error:  # BadImageError is a ValueError
             self.skip(item.where, str(error))
             return False
-        uid = item.uid or make_uid(item.source, item.where)
-        if not is_valid_uid(uid):
-            self.skip(item.where, f"invalid uid {uid!r}")
+        if sample.uid in self._seen_uids:
+            self.skip(item.where, f"duplicate uid {sample.uid}")
             return False
-        if uid in self._seen_uids:
-            self.skip(item.where, f"duplicate uid {uid}")
-            return False
-        self._seen_uids.add(uid)
+        self._seen_uids.add(sample.uid)
         index = self.accepted
         self.accepted += 1
         if index < self._resume_from:
             return True  # already stored in a finished shard by an earlier run
         shard_index, position = divmod(index, self.samples_per_shard)
-        key = sample_key(shard_index, position)
-        row = {
-            "uid": uid,
-            "text": text,
-            "width": info.width,
-            "height": info.height,
-            "sha256": info.sha256,
-            "source": item.source,
-            "shard": f"shards/{shard_index:05d}.tar",
-            "key": key,
-            "image_ext": info.extension,
-            **{k: v for k, v in item.extras.items() if k not in CORE_COLUMNS},
-        }
-        member_json = {k: v for k, v in row.items() if k not in ("shard", "image_ext")}
-        member_json["caption"] = text
-        tar = self._open_tar(shard_index)
-        tar.write(
-            {
-                "__key__": key,
-                info.extension: item.image,
-                "txt": text.encode("utf-8"),
-                "json": json.dumps(member_json, sort_keys=True, default=str).encode("utf-8"),
-            }
-        )
+        row, member = shard_entry(sample, shard_index, position)
+        self._open_tar(shard_index).write(member)
         self._rows.append(row)
         if position == self.samples_per_shard - 1:
             self._close_tar(complete=True)
         return True
+
+    @property
+    def shards_done(self) -> int:
+        """Complete shards in the staging directory (from an earlier run when resuming)."""
+        return self._shard_index
+
+    def shards_written(self, shards_done: int, samples_done: int) -> None:
+        """Record shards that :func:`write_shard` wrote into ``staging`` outside :meth:`add`
+        (by parallel workers): the first ``shards_done`` are complete, holding
+        ``samples_done`` samples. A resumed run keeps them."""
+        self._shard_index = shards_done
+        self.accepted = samples_done
+        write_json(self._progress_path(), self._progress_record(shards_done, samples_done))
 
     # -- metadata-only pools -------------------------------------------------------------
     def add_table(
@@ -502,7 +567,7 @@ class PoolWriter:
         shard = self.layout.shard(self._shard_index)
         os.replace(shard.with_suffix(".tar.partial"), shard)
         write_parquet(
-            self.staging / "rows" / f"{self._shard_index:05d}.parquet",
+            shard_rows_path(self.staging, self._shard_index),
             pl.DataFrame(self._rows, infer_schema_length=None),
         )
         self._rows = []

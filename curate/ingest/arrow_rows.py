@@ -135,9 +135,11 @@ class ArrowLayout:
         source: str,
         where: str,
         image_root: Path | None = None,
+        first_row: int = 0,
     ) -> Iterator[SourceSample | Skip]:
-        """One item per row, in order; ``where`` names the input ("train.parquet")."""
-        index = 0
+        """One item per row, in order; ``where`` names the input ("train.parquet") and
+        ``first_row`` the input row of the batches' first row."""
+        index = first_row
         for batch in batches:
             for row in batch.to_pylist():
                 yield self._sample(row, source, f"{where} row {index}", image_root)

@@ -7,7 +7,7 @@ that millions of rows are validated and written by column.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,32 @@ class IngestOptions:
         return {k: str(v) for k, v in self.__dict__.items() if v is not None}
 
 
+@dataclass(frozen=True)
+class ItemsPart:
+    """A piece of an image source that another process can read on its own: a module-level
+    function and its picklable arguments. The parts' items, in order, are the source's items.
+    """
+
+    read: Callable[..., Iterable[SourceSample | Skip]]
+    args: tuple[Any, ...]
+    rows: int | None = None  # input rows, for progress
+
+    def items(self) -> Iterable[SourceSample | Skip]:
+        return self.read(*self.args)
+
+
 @dataclass
 class ImageItems:
-    """An image source: items in input order, and how many rows it has (for progress)."""
+    """An image source: items in input order, and how many rows it has (for progress).
+
+    A source that can be split also lists its ``parts`` (one per input tar, per block of
+    parquet rows): ``curate ingest --executor`` validates them in parallel.
+    """
 
     items: Iterable[SourceSample | Skip]
     total: int | None
     source_stats: dict[str, Any] = field(default_factory=dict)
+    parts: tuple[ItemsPart, ...] = ()
 
 
 @dataclass(frozen=True)

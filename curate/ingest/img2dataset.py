@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.ingest.base import ImageItems, IngestOptions
+from curate.ingest.base import ImageItems, IngestOptions, ItemsPart
 from curate.pool_writer import IngestError, Skip, SourceSample
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
@@ -34,9 +34,10 @@ def read(path: Path, options: IngestOptions) -> ImageItems:
     tars = sorted(path.glob("*.tar"))
     if not tars:
         raise IngestError(f"{path}: no .tar files found (is this img2dataset's output folder?)")
-    total = 0
+    parts = []
     for tar in tars:
         parquet = tar.with_suffix(".parquet")
+        rows = None
         if parquet.is_file():
             try:
                 metadata = pq.read_metadata(parquet)
@@ -45,9 +46,14 @@ def read(path: Path, options: IngestOptions) -> ImageItems:
                     f"{parquet}: unreadable ({error}); delete it to use the tar alone"
                 ) from None
             _check_text_columns(parquet, metadata.schema.to_arrow_schema())
-            total += metadata.num_rows
+            rows = metadata.num_rows
+        parts.append(ItemsPart(_items, ([tar], path.name), rows))
+    total = sum(part.rows or 0 for part in parts)
     return ImageItems(
-        items=_items(tars, source=path.name), total=total or None, source_stats=_stats(path)
+        items=_items(tars, source=path.name),
+        total=total or None,
+        source_stats=_stats(path),
+        parts=tuple(parts),
     )
 
 

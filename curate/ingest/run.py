@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from curate.executor import Executor
 from curate.ingest import load_source
 from curate.ingest.base import ImageItems, IngestOptions, MetadataParts
 from curate.ingest.detect import detect_format
@@ -41,8 +42,14 @@ def ingest(
     samples_per_shard: int = 10_000,
     overwrite: bool = False,
     show_progress: bool = False,
+    executor: Executor | None = None,
 ) -> IngestResult:
-    """Make the pool ``out`` from ``source`` (format detected unless given)."""
+    """Make the pool ``out`` from ``source`` (format detected unless given).
+
+    With an ``executor``, a source that splits into parts (img2dataset tars, parquet row
+    blocks) is validated and written in parallel (:mod:`curate.ingest.parallel`); the pool is
+    the same bytes as without one.
+    """
     source, out = Path(source), Path(out)
     options = options or IngestOptions()
     if not source.exists():
@@ -60,6 +67,7 @@ def ingest(
         samples_per_shard=samples_per_shard,
         overwrite=overwrite,
         show_progress=show_progress,
+        executor=executor,
     )
 
 
@@ -110,6 +118,7 @@ def write_pool(
     overwrite: bool,
     show_progress: bool,
     command: str = "ingest",
+    executor: Executor | None = None,
 ) -> IngestResult:
     started = time.perf_counter()
     has_images = isinstance(reader, ImageItems)
@@ -123,16 +132,21 @@ def write_pool(
         overwrite=overwrite,
         has_images=has_images,
     ) as writer:
-        with progress_bar(reader.total, f"{command} {name}", show_progress) as advance:
-            if isinstance(reader, ImageItems):
-                writer.source_stats = reader.source_stats
-                for item in reader.items:
-                    writer.add(item)
-                    advance(1)
-            else:
-                for part in reader.parts:
-                    writer.add_table(part.table, where=part.where, embeddings=part.embeddings)
-                    advance(part.table.height)
+        if executor is not None and isinstance(reader, ImageItems) and reader.parts:
+            from curate.ingest.parallel import write_parts
+
+            write_parts(
+                reader,
+                writer,
+                executor,
+                description=f"{command} {name}",
+                show_progress=show_progress,
+            )
+        else:
+            from curate.ingest.parallel import discard_parts
+
+            discard_parts(writer.staging)  # left by an interrupted parallel run
+            _write_in_order(reader, writer, f"{command} {name}", show_progress)
     return IngestResult(
         pool=out,
         format=fmt,
@@ -140,3 +154,19 @@ def write_pool(
         report=writer.report,
         seconds=time.perf_counter() - started,
     )
+
+
+def _write_in_order(
+    reader: ImageItems | MetadataParts, writer: PoolWriter, description: str, show_progress: bool
+) -> None:
+    """The sequential path: every item through :meth:`PoolWriter.add`, in this process."""
+    with progress_bar(reader.total, description, show_progress) as advance:
+        if isinstance(reader, ImageItems):
+            writer.source_stats = reader.source_stats
+            for item in reader.items:
+                writer.add(item)
+                advance(1)
+        else:
+            for part in reader.parts:
+                writer.add_table(part.table, where=part.where, embeddings=part.embeddings)
+                advance(part.table.height)
