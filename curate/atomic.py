@@ -103,8 +103,20 @@ def staging_dir_for(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def remove_stale_temporaries(directory: Path) -> None:
+    """Delete the temporaries of atomic writes that a killed process left under ``directory``.
+
+    Call it only while holding the directory's lock, with none of this process's writes open.
+    """
+    for path in list(Path(directory).rglob(".*.tmp-*")):
+        if path.name.rpartition(".tmp-")[2].isdigit():  # made by _tmp_sibling
+            _remove(path)
+
+
 def publish_directory(staging: Path, final: Path, overwrite: bool) -> None:
-    """Rename a finished staging directory onto ``final``."""
+    """Rename a finished staging directory onto ``final``, without the temporaries of an
+    interrupted earlier run that this one resumed."""
+    remove_stale_temporaries(staging)
     if final.exists():
         if not overwrite:
             raise FileExistsError(f"{final} already exists; pass --overwrite to replace it")

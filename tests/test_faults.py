@@ -4,7 +4,9 @@ SIGKILLed mid-run, then rerun (in-process, to spare a torch import), ends with e
 an uninterrupted run writes.
 
 (ingest and build-pool have the same checks in test_ingest_resume.py and test_build_pool.py;
-bench/fault_trials.py runs 20 random-kill trials over all four stages.)
+bench/fault_trials.py runs 20 random-kill trials over all four stages. The last two tests
+here pin down the faults those trials found: a kill in the middle of an atomic write, and a
+kill of `score` between its final checkpoint and its training summary.)
 
 The first process is frozen (SIGSTOP) once it has finished part of its work, so the second
 writer always meets a held lock and the kill always lands mid-run, whatever the load.
@@ -26,8 +28,9 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from curate.atomic import staging_dir_for
+from curate.atomic import staging_dir_for, write_json
 from curate.training.scales import SCALES_FILE
+from tests.conftest import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 SET_NAME = "fault"
@@ -92,6 +95,18 @@ def work(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def one_torch_thread(monkeypatch):
+    """One thread, as curate/training/loop.py advises on a shared machine (several times faster)."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fresh_pool(work: Path, name: str) -> Path:
     run_root = work / name
     shutil.copytree(work / "pool", run_root / "pool")
@@ -110,7 +125,8 @@ def _score_args(work: Path, pool: Path) -> list[str]:
 
 
 def _curate(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
     return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
@@ -147,7 +163,9 @@ def _assert_refused(second: subprocess.CompletedProcess, target: Path) -> None:
     assert "Traceback" not in second.stderr
 
 
-def test_embed_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_set(work):
+def test_embed_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_set(
+    work, one_torch_thread
+):
     from curate.embedding import embed_pool
 
     embed_params = dict(arch="curate-tiny-vit-p4", name=SET_NAME, batch_size=10,
@@ -177,7 +195,9 @@ def test_embed_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_set
     assert _contents(out, trial) == expected
 
 
-def test_score_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_model(work):
+def test_score_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_model(
+    work, one_torch_thread
+):
     from curate.atomic import InUseError
     from curate.training.score import TRAIN_STATE, score
 
@@ -209,3 +229,61 @@ def test_score_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_mod
     assert f"{run_id}/checkpoint/model.safetensors" in expected
     assert f"{run_id}/results.jsonl" in expected
     assert _contents(trial / "pool" / "results", trial) == expected
+
+
+def test_a_resumed_pool_is_published_without_the_temporaries_of_the_killed_run(tmp_path):
+    """A kill during an atomic write (here progress.json's) leaves ``.NAME.tmp-PID`` in the
+    staging pool: the run that resumes it must not publish that file."""
+    from curate.pool_writer import PoolWriter, SourceSample
+
+    samples = [SourceSample(source="test", where=f"row {i}", text=f"caption {i}",
+                            image=make_image_bytes(i)) for i in range(6)]  # fmt: skip
+
+    def writer(out: Path) -> PoolWriter:
+        return PoolWriter(out, name="p", source={"type": "test"}, command="test",
+                          samples_per_shard=2)  # fmt: skip
+
+    with writer(tmp_path / "reference") as reference:
+        reference.extend(samples)
+    out = tmp_path / "pool"
+    with pytest.raises(KeyboardInterrupt), writer(out) as killed:  # stands in for the kill
+        killed.extend(samples[:3])
+        raise KeyboardInterrupt
+    staging = staging_dir_for(out)
+    first_shard = (staging / "shards" / "00000.tar").stat().st_ino
+    (staging / ".progress.json.tmp-4242").write_text('{"shards_do')
+    with writer(out) as resumed:
+        resumed.extend(samples)
+    assert (out / "shards" / "00000.tar").stat().st_ino == first_shard  # resumed, not redone
+    names = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert names == sorted(str(p.relative_to(tmp_path / "reference"))
+                           for p in (tmp_path / "reference").rglob("*"))  # fmt: skip
+    for shard in ("00000.tar", "00001.tar", "00002.tar"):
+        expected = (tmp_path / "reference" / "shards" / shard).read_bytes()
+        assert (out / "shards" / shard).read_bytes() == expected
+
+
+def test_score_killed_between_its_final_checkpoint_and_summary_trains_again(work, one_torch_thread):
+    """``train_state.pt`` is removed once the final checkpoint is written, before score records
+    the loss curve and the training summary: the rerun of a run killed in between trains again
+    instead of recording a run without them (and drops the killed run's write temporaries)."""
+    from curate.training.score import RUN_FILE, TRAIN_CURVE, score
+    from eval.records import RESULTS_FILE
+
+    run_root = _fresh_pool(work, "score-summary")
+    pool = run_root / "pool"
+    options = dict(scale_name=SCALE, scales_file=work / "scales.yaml", tasks=["pool-holdout"],
+                   show_progress=False)  # fmt: skip
+    first = score(pool, **options)
+    expected = _contents(pool / "results", run_root)
+    # what a kill right after the final checkpoint leaves on disk
+    (first.run_dir / TRAIN_CURVE).unlink()
+    (first.run_dir / RESULTS_FILE).unlink()
+    run = json.loads((first.run_dir / RUN_FILE).read_text("utf-8"))
+    del run["train"], run["updated"]
+    write_json(first.run_dir / RUN_FILE, {**run, "status": "training"})
+    (first.run_dir / ".train_state.pt.tmp-4242").write_bytes(b"PK\x03\x04")
+
+    again = score(pool, **options)
+    assert again.trained
+    assert _contents(pool / "results", run_root) == expected

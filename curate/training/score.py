@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from curate.atomic import exclusive_lock, write_json
+from curate.atomic import exclusive_lock, remove_stale_temporaries, write_json
 from curate.manifest import code_version
 from curate.training.checkpoint import is_complete_checkpoint
 from curate.training.data import TrainingSet, open_training_set
@@ -159,16 +159,20 @@ def score(
         run["train"] = _train(training_set, scale, seed, run_dir, show_progress, on_step).summary()
         return ScoreResult(run_dir, run, True, [])
     with exclusive_lock(run_dir):
+        remove_stale_temporaries(run_dir)  # of atomic writes that a killed earlier run left
         checkpoint = run_dir / CHECKPOINT_DIR
-        trained = not is_complete_checkpoint(checkpoint)
+        run_file = run_dir / RUN_FILE
+        previous = json.loads(run_file.read_text("utf-8")) if run_file.is_file() else {}
+        # the summary is recorded after the final checkpoint: a run killed in between lost its
+        # loss curve with the training state, so it trains again (same seed, same weights)
+        trained = not (is_complete_checkpoint(checkpoint) and previous.get("train"))
         if trained:
             write_json(run_dir / RUN_FILE, {**run, "status": "training"})
             outcome = _train(training_set, scale, seed, run_dir, show_progress, on_step)
             write_json(run_dir / TRAIN_CURVE, {"loss": outcome.losses})
             run["train"] = outcome.summary()
         else:
-            previous = json.loads((run_dir / RUN_FILE).read_text("utf-8"))
-            run["train"], run["created"] = previous.get("train"), previous.get("created")
+            run["train"], run["created"] = previous["train"], previous.get("created")
         write_json(run_dir / RUN_FILE, {**run, "status": "trained", "updated": _now()})
         outcomes = evaluate_run(run_dir, run, task_ids, registry, raw_pool, show_progress, on_task)
         write_json(run_dir / RUN_FILE, {**run, "status": "evaluated", "updated": _now()})
