@@ -3,7 +3,7 @@
 Generates a pool in DataComp's metadata schema (uid, url, text, original_width,
 original_height, clip_b32_similarity_score, clip_l14_similarity_score, sha256; 12.8M rows
 in several parquet files, scores rounded to 4 decimals so that thousands of samples tie at
-the threshold), then times the same selection three ways, each in its own process (for a
+the threshold), then times the same selection four ways, each in its own process (for a
 clean peak RSS):
 
   datacomp  DataComp's own algorithm, as in baselines/apply_filter.py + utils.py: a
@@ -15,11 +15,20 @@ clean peak RSS):
   curate    filters.clip_score.select_by_clip_score: polars reads only the score column,
             np.partition in place gives the threshold, then one streaming polars scan turns
             only the kept rows' uids into u8,u8 halves (curate.uid) and sort_pairs sorts them.
+  curate_2pass  the same, with the threshold from the bounded-memory two-pass selection
+            (curate.streamed_threshold: a histogram pass over the score column in blocks,
+            then an exact pass inside the bin that holds the cut), which curate uses above
+            filters.clip_score.IN_MEMORY_MAX_ROWS rows; forced here at any size.
 
-All three must produce identical subset arrays (asserted). Prints wall seconds (after the
+All four must produce identical subset arrays (asserted). Prints wall seconds (after the
 process's imports), CPU seconds (user + system, DataComp's worker processes included: the
 fairer figure on a busy machine), their ratios to the baseline, and peak RSS (getrusage:
 the process itself and its largest child).
+
+Then the threshold step alone, each way in its own process (``threshold``: polars reads the
+column, np.partition; ``threshold_2pass``: the two passes over 1M-row blocks), to show its
+own memory: its peak RSS above the RSS after imports (the kernel's peak counter, VmHWM, reset
+after the imports; identical thresholds asserted).
 
     python bench/bench_clip_score.py                      # 12.8M rows in a temporary dir
     python bench/bench_clip_score.py --pool-dir /tmp/pool # keep (and reuse) the pool
@@ -40,11 +49,15 @@ from pathlib import Path
 
 import numpy as np
 
-METHODS = ("datacomp", "duckdb", "curate")
+METHODS = ("datacomp", "duckdb", "curate", "curate_2pass")
+THRESHOLD_METHODS = ("threshold", "threshold_2pass")
 PRELOAD = {
     "datacomp": ["pandas"],
     "duckdb": ["duckdb"],
     "curate": ["filters.clip_score"],
+    "curate_2pass": ["filters.clip_score"],
+    "threshold": ["filters.clip_score"],
+    "threshold_2pass": ["filters.clip_score"],
 }
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -200,12 +213,55 @@ def run_curate(paths: list[Path], column: str, fraction: float) -> np.ndarray:
     return select_by_clip_score(paths, column, fraction=fraction).subset
 
 
+def run_curate_2pass(paths: list[Path], column: str, fraction: float) -> np.ndarray:
+    from filters.clip_score import select_by_clip_score
+
+    return select_by_clip_score(paths, column, fraction=fraction, in_memory_max_rows=0).subset
+
+
+def run_threshold(paths: list[Path], column: str, fraction: float) -> np.ndarray:
+    import polars as pl
+
+    from filters.clip_score import datacomp_threshold
+
+    scores = pl.scan_parquet(paths).select(column).collect()[column].to_numpy(writable=True)
+    return np.array([datacomp_threshold(scores, fraction, overwrite=True)])
+
+
+def run_threshold_2pass(paths: list[Path], column: str, fraction: float) -> np.ndarray:
+    from curate.streamed_threshold import top_fraction_threshold
+    from filters.clip_score import parquet_score_blocks
+
+    return np.array([top_fraction_threshold(parquet_score_blocks(paths, column), fraction)])
+
+
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS counter (Linux: clear_refs 5); the RSS now, in MB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status_mb("VmRSS")
+
+
 def run_one(method: str, pool_dir: Path, column: str, fraction: float, out: Path) -> None:
     """Child process: run one method, save its subset, print its time and peak RSS as JSON."""
     paths = sorted(pool_dir.glob("*.parquet"))
-    runner = {"datacomp": run_datacomp, "duckdb": run_duckdb, "curate": run_curate}[method]
+    runner = {
+        "datacomp": run_datacomp,
+        "duckdb": run_duckdb,
+        "curate": run_curate,
+        "curate_2pass": run_curate_2pass,
+        "threshold": run_threshold,
+        "threshold_2pass": run_threshold_2pass,
+    }[method]
     for module in PRELOAD[method]:  # time the work, not the main process's imports
         importlib.import_module(module)
+    rss_before = _reset_peak_rss()
     start = time.perf_counter()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = usage.ru_utime + usage.ru_stime
@@ -217,6 +273,8 @@ def run_one(method: str, pool_dir: Path, column: str, fraction: float, out: Path
         "seconds": seconds,
         "cpu_seconds": sum(u.ru_utime + u.ru_stime for u in usage) - cpu_before,
         "rss_mb": usage[0].ru_maxrss / 1024,
+        "rss_before_mb": rss_before,
+        "peak_since_mb": _status_mb("VmHWM"),
         "child_rss_mb": usage[1].ru_maxrss / 1024,
     }
     print(json.dumps(result))
@@ -240,7 +298,10 @@ def main() -> None:
         default=",".join(METHODS),
         help="comma-separated subset of " + ",".join(METHODS),
     )
-    parser.add_argument("--run-method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-threshold-only", action="store_true", help="skip the threshold-alone table"
+    )
+    parser.add_argument("--run-method", choices=METHODS + THRESHOLD_METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_method:
@@ -259,6 +320,12 @@ def main() -> None:
             for method in args.methods.split(",")
         }
         report(results, args.rows, args.fraction, args.column)
+        if not args.skip_threshold_only:
+            thresholds = {
+                method: measure(method, pool_dir, args.column, args.fraction, scratch)
+                for method in THRESHOLD_METHODS
+            }
+            report_thresholds(thresholds)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -284,19 +351,33 @@ def report(results: dict[str, dict], rows: int, fraction: float, column: str) ->
     )
     baseline = results.get("datacomp", next(iter(results.values())))
     print(
-        f"{'method':<10}{'wall s':>8}{'vs datacomp':>13}{'CPU s':>8}{'vs datacomp':>13}"
+        f"{'method':<14}{'wall s':>8}{'vs datacomp':>13}{'CPU s':>8}{'vs datacomp':>13}"
         f"{'peak RSS MB':>13}{'largest child MB':>18}"
     )
     for method, result in results.items():
         wall_ratio = baseline["seconds"] / result["seconds"]
         cpu_ratio = baseline["cpu_seconds"] / result["cpu_seconds"]
         print(
-            f"{method:<10}{result['seconds']:>8.2f}{wall_ratio:>12.1f}x"
+            f"{method:<14}{result['seconds']:>8.2f}{wall_ratio:>12.1f}x"
             f"{result['cpu_seconds']:>8.2f}{cpu_ratio:>12.1f}x"
             f"{result['rss_mb']:>13.0f}{result['child_rss_mb']:>18.0f}"
         )
     print("wall: seconds from the call to the saved subset, after imports; CPU: user + system of")
     print("the process and its children (DataComp's worker processes); RSS: getrusage peaks.")
+
+
+def report_thresholds(results: dict[str, dict]) -> None:
+    values = {float(result["subset"][0]) for result in results.values()}
+    assert len(values) == 1, f"thresholds differ: {values}"
+    print(f"\nthe threshold step alone ({values.pop()!r} both ways):")
+    header = f"{'method':<16}{'wall s':>8}{'CPU s':>8}"
+    print(f"{header}{'RSS after imports MB':>22}{'peak above MB':>15}")
+    for method, result in results.items():
+        growth = result["peak_since_mb"] - result["rss_before_mb"]
+        print(
+            f"{method:<16}{result['seconds']:>8.2f}{result['cpu_seconds']:>8.2f}"
+            f"{result['rss_before_mb']:>22.0f}{growth:>15.0f}"
+        )
 
 
 if __name__ == "__main__":

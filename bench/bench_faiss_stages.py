@@ -21,8 +21,17 @@ Prints wall and CPU seconds (the machine may be shared: CPU seconds are the fair
 peak RSS per step, recall, and the speed ratio exact-all-pairs / near_dedup (target ≥ 10×,
 recall ≥ 0.99).
 
+``--compare-sharded`` runs instead the two exact searches of ``near_dedup`` on the same data,
+each in its own process: ``index: flat`` (the survivors' vectors copied to float32, one
+IndexFlatIP of all of them) and ``index: sharded_flat`` (one IndexFlatIP of ``--shard-rows``
+rows at a time, the rows read in blocks from the float16 file). It asserts that both keep the
+same rows for the same reasons, and prints time, CPU and the stage's own peak RSS (the
+kernel's peak counter reset once the imports are done) with the sharded/flat ratios. Exact
+search is quadratic: keep ``--rows`` small (40k rows × 512-d take about 20 CPU-seconds flat).
+
     python bench/bench_faiss_stages.py                       # 1M rows in a temporary dir
     python bench/bench_faiss_stages.py --rows 200000 --work-dir /tmp/fb   # keep the data
+    python bench/bench_faiss_stages.py --compare-sharded --rows 40000 --shard-rows 8192
 """
 
 from __future__ import annotations
@@ -114,6 +123,48 @@ def step_near_dedup(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
+    """near_dedup with an exact index; its keep mask and reasons saved for the comparison."""
+    import faiss  # noqa: F401  (imported before the peak counter is reset, as for both)
+
+    from filters.registry import get_stage
+
+    stage = get_stage("near_dedup")
+    step = {"flat": "near_dedup_flat", "sharded_flat": "near_dedup_sharded"}[index]
+    ctx = _context(work, step)
+    sharded = {"shard_rows": args.shard_rows} if index == "sharded_flat" else {}
+    params = stage.params_model(threshold=args.threshold, index=index, **sharded)
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS counter
+    rss_start = _status_mib("VmRSS")
+    started = _usage()
+    result = stage.run(ctx, params)
+    ended = _usage()
+    peak = _status_mib("VmHWM")
+    np.savez(work / f"{step}.npz", keep=result.keep, reason=np.asarray(result.reason, dtype=str))
+    return {
+        "wall_s": ended[0] - started[0],
+        "cpu_s": ended[1] - started[1],
+        "rss_start_mib": rss_start,
+        "peak_above_start_mib": peak - rss_start,
+        "report": result.report,
+    }
+
+
+def step_near_dedup_flat(args: argparse.Namespace, work: Path) -> dict:
+    return _exact_near_dedup(args, work, "flat")
+
+
+def step_near_dedup_sharded(args: argparse.Namespace, work: Path) -> dict:
+    return _exact_near_dedup(args, work, "sharded_flat")
+
+
 def step_exact(args: argparse.Namespace, work: Path) -> dict:
     from curate.dedup.knn import Pairs, exact_pairs, pair_recall
 
@@ -176,6 +227,8 @@ STEPS = {
     "near_dedup": step_near_dedup,
     "exact": step_exact,
     "image_based": step_image_based,
+    "near_dedup_flat": step_near_dedup_flat,
+    "near_dedup_sharded": step_near_dedup_sharded,
 }
 
 
@@ -195,6 +248,12 @@ def main() -> None:
     parser.add_argument("--n-clusters", type=int, default=2048, help="image_based k-means")
     parser.add_argument("--train-sample", type=int, default=131_072, help="k-means rows")
     parser.add_argument("--work-dir", type=Path, help="keep (and reuse) the data here")
+    parser.add_argument(
+        "--compare-sharded",
+        action="store_true",
+        help="compare near_dedup's flat and sharded_flat exact searches instead",
+    )
+    parser.add_argument("--shard-rows", type=int, default=8192, help="for --compare-sharded")
     parser.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -215,6 +274,11 @@ def main() -> None:
             )
         for stage_work in work.glob("work-*"):
             shutil.rmtree(stage_work)  # time the stages from scratch, not from their caches
+        if args.compare_sharded:
+            flat = run_step("near_dedup_flat", argv)
+            sharded = run_step("near_dedup_sharded", argv)
+            report_sharded(args, work, flat, sharded)
+            return
         near = run_step("near_dedup", argv)
         exact = run_step("exact", argv)
         image = run_step("image_based", argv)
@@ -257,6 +321,29 @@ def main() -> None:
         f"image_based: {json.dumps(image['report'])}; assignment = numpy argmax on "
         f"{image['assignment_agrees_with_numpy']:.4%} of 10k sampled rows"
     )
+
+
+def report_sharded(args: argparse.Namespace, work: Path, flat: dict, sharded: dict) -> None:
+    with np.load(work / "near_dedup_flat.npz") as a, np.load(work / "near_dedup_sharded.npz") as b:
+        assert np.array_equal(a["keep"], b["keep"]), "sharded_flat keeps other rows than flat"
+        assert np.array_equal(a["reason"], b["reason"]), "sharded_flat gives other reasons"
+    counts = ("pairs", "groups", "removed")
+    assert [flat["report"][k] for k in counts] == [sharded["report"][k] for k in counts]
+    cores = len(os.sched_getaffinity(0))
+    found = ", ".join(f"{k} {flat['report'][k]:,}" for k in counts)
+    print(
+        f"\nnear_dedup, exact: {args.rows:,} rows x {args.dim}-d, threshold {args.threshold}, "
+        f"{cores} cores (load average {os.getloadavg()[0]:.1f}); same keep mask and reasons "
+        f"({found})"
+    )
+    print(f"{'index':<36}{'wall s':>9}{'CPU s':>9}{'RSS at start MiB':>18}{'peak above MiB':>16}")
+    for name, result in (("flat", flat), (f"sharded_flat, {args.shard_rows:,} rows", sharded)):
+        print(
+            f"{name:<36}{result['wall_s']:>9.1f}{result['cpu_s']:>9.1f}"
+            f"{result['rss_start_mib']:>18.0f}{result['peak_above_start_mib']:>16.0f}"
+        )
+    ratios = [sharded[k] / flat[k] for k in ("wall_s", "cpu_s", "peak_above_start_mib")]
+    print("sharded / flat: {:.2f} wall, {:.2f} CPU, {:.2f} peak memory above start".format(*ratios))
 
 
 if __name__ == "__main__":

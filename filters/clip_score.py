@@ -9,7 +9,11 @@ pool, turned into a threshold exactly as DataComp's ``baselines/utils.py`` does:
     keep = scores >= threshold                # ties at the threshold are all kept
 
 so a pool with ties at the threshold keeps a little more than ``fraction``. Here the
-``(n+1)``-th largest score comes from ``np.partition`` (linear time, the same element).
+``(n+1)``-th largest score comes from ``np.partition`` (linear time, the same element) while
+the scores number at most :data:`IN_MEMORY_MAX_ROWS`; above that, from a two-pass selection
+over the score column read in blocks (:mod:`curate.streamed_threshold`: a histogram pass,
+then an exact pass inside the bin that holds the cut), which gives the same element in
+bounded memory.
 Edge cases: ``fraction: 1`` keeps every sample that has a score (DataComp's indexing would
 fail there); ``fraction: 0`` keeps the samples tied at the maximum score (DataComp's rule).
 Missing (null or NaN) scores sort last and never pass.
@@ -27,7 +31,7 @@ parquet files directly, reading only the score column and then only the kept uid
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -39,8 +43,18 @@ from pydantic import Field, model_validator
 from curate.embedding_store import MissingEmbeddingsError, embedding_layout, list_embeddings
 from curate.errors import UserInputError
 from curate.layout import PoolLayout
+from curate.streamed_threshold import (
+    BLOCK_ROWS,
+    ScoreBlocks,
+    array_blocks,
+    top_fraction_threshold,
+)
 from curate.uid import halves_to_pairs, sort_pairs, uid_halves
 from filters.registry import StageContext, StageParams, StageResult, register_stage
+
+IN_MEMORY_MAX_ROWS = 16_000_000
+"""Up to this many scores the threshold comes from one ``np.partition`` in memory (about
+``16·N`` bytes: 256 MB at the limit, the faster path); above it, from two passes over blocks."""
 
 
 class ScoreSourceParams(StageParams):
@@ -119,15 +133,51 @@ def row_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
     return joined["clip_score"].to_numpy()
 
 
-def pool_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
-    """Scores of every sample of the pool (all rows of samples.parquet)."""
+def pool_score_blocks(context: StageContext, source: ScoreSourceParams) -> tuple[int, ScoreBlocks]:
+    """(row count, blocks reader) of the scores of every sample of the pool (all rows of
+    samples.parquet), read from their parquet file block by block."""
     if source.column is not None:
-        samples = PoolLayout(context.pool_root).samples
-        return _column(
-            pl.read_parquet(samples, columns=[source.column]), source.column, str(samples)
-        ).to_numpy()
-    path = _clip_score_path(context, source.embeddings)
-    return pl.read_parquet(path, columns=["clip_score"])["clip_score"].to_numpy()
+        path, column = PoolLayout(context.pool_root).samples, source.column
+    else:
+        path, column = _clip_score_path(context, source.embeddings), "clip_score"
+    _column(pl.DataFrame(schema=pl.read_parquet_schema(path)), column, str(path))
+    return parquet_rows([path]), parquet_score_blocks([path], column)
+
+
+def parquet_rows(paths: Sequence[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in paths)
+
+
+def parquet_score_blocks(
+    paths: Sequence[Path], column: str, block_rows: int = BLOCK_ROWS
+) -> ScoreBlocks:
+    """A numeric column of parquet files, in file order, at most ``block_rows`` scores a
+    block (nulls as NaN, integers as float64), one row group in memory at a time."""
+    import pyarrow.parquet as pq
+
+    def read() -> Iterator[np.ndarray]:
+        for path in paths:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=block_rows, columns=[column])
+            for batch in batches:
+                yield _column(pl.from_arrow(batch), column, str(path)).to_numpy()
+
+    return read
+
+
+def fraction_threshold(
+    rows: int, read_blocks: ScoreBlocks, fraction: float, in_memory_max_rows: int | None = None
+) -> float:
+    """DataComp's threshold over ``rows`` scores: one ``np.partition`` in memory up to
+    ``in_memory_max_rows`` (default :data:`IN_MEMORY_MAX_ROWS`), else two passes over the
+    blocks (:func:`top_fraction_threshold`). The same element either way."""
+    limit = IN_MEMORY_MAX_ROWS if in_memory_max_rows is None else in_memory_max_rows
+    if rows > limit:
+        return top_fraction_threshold(read_blocks, fraction)
+    blocks = list(read_blocks())
+    scores = np.concatenate(blocks) if blocks else np.zeros(0)
+    return datacomp_threshold(scores, fraction, overwrite=True)
 
 
 def _column(table: pl.DataFrame, name: str, where: str) -> pl.Series:
@@ -174,12 +224,15 @@ def clip_score(context: StageContext, params: ClipScoreParams) -> StageResult:
     scores = row_scores(context, params)
     if params.threshold is not None:
         return threshold_stage_result(scores, params.threshold, {})
-    reference = pool_scores(context, params) if params.over == "pool" else scores
-    threshold = datacomp_threshold(reference, params.fraction)
+    if params.over == "pool":
+        over_rows, read_blocks = pool_score_blocks(context, params)
+    else:
+        over_rows, read_blocks = len(scores), array_blocks(scores)
+    threshold = fraction_threshold(over_rows, read_blocks, params.fraction)
     return threshold_stage_result(
         scores,
         threshold,
-        {"fraction": params.fraction, "over": params.over, "over_rows": len(reference)},
+        {"fraction": params.fraction, "over": params.over, "over_rows": over_rows},
     )
 
 
@@ -195,10 +248,13 @@ def select_by_clip_score(
     *,
     fraction: float | None = None,
     threshold: float | None = None,
+    in_memory_max_rows: int | None = None,
 ) -> ClipScoreSelection:
     """DataComp's CLIP-score baseline over metadata parquet files (each with ``uid`` and the
-    score column): reads only the score column for the threshold, then streams the files
-    once more and turns only the kept rows' uids into ``u8,u8`` pairs."""
+    score column): reads only the score column for the threshold (whole, up to
+    ``in_memory_max_rows`` rows, default :data:`IN_MEMORY_MAX_ROWS`; above, in two passes
+    over blocks), then streams the files once more and turns only the kept rows' uids into
+    ``u8,u8`` pairs."""
     if (threshold is None) == (fraction is None):
         raise ValueError("give exactly one of threshold or fraction")
     metadata = pl.scan_parquet([str(p) for p in paths])
@@ -207,7 +263,10 @@ def select_by_clip_score(
         raise UserInputError(
             f"{paths[0]}: no float score column {column!r}; columns are {dict(schema)}"
         )
-    if threshold is None:
+    limit = IN_MEMORY_MAX_ROWS if in_memory_max_rows is None else in_memory_max_rows
+    if threshold is None and parquet_rows(paths) > limit:
+        threshold = top_fraction_threshold(parquet_score_blocks(paths, column), fraction)
+    elif threshold is None:
         scores = metadata.select(column).collect()[column].to_numpy(writable=True)
         threshold = datacomp_threshold(scores, fraction, overwrite=True)
         del scores

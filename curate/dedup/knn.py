@@ -136,7 +136,7 @@ class Pairs:
         return Pairs(left[unique], right[unique], similarity[unique].astype(np.float32))
 
 
-def _radius(threshold: float) -> float:
+def range_radius(threshold: float) -> float:
     """FAISS keeps inner products strictly above the radius; we want ``≥ threshold``."""
     return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
@@ -158,7 +158,7 @@ def self_pairs(
     from tqdm import tqdm
 
     plan = plan or plan_index(len(vectors))
-    radius = _radius(threshold)
+    radius = range_radius(threshold)
     n_batches = math.ceil(len(vectors) / QUERY_BATCH)
     bar = tqdm(total=2 * n_batches, desc="near-duplicate search", disable=not progress)
     if plan.exact:
