@@ -9,7 +9,7 @@ logit units with ticks labelled in percent. Written as PNG and SVG.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -49,8 +49,11 @@ class PairPlot:
     fit: LinearFit | None
     points: tuple[PlotPoint, ...]
     title: str = ""
-    baseline_label: str = "baseline runs"
+    baseline_label: str = "ID-only baseline runs"
     setup_key: str = ""
+    # baselines of other families (e.g. on the pool's own distribution): drawn, not fitted
+    other_id: np.ndarray = field(default_factory=lambda: np.empty(0))
+    other_ood: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @property
     def file_stem(self) -> str:
@@ -99,8 +102,8 @@ def plot_pair(pair: PairPlot, out_stem: Path) -> list[Path]:
 
     from curate.atomic import atomic_path
 
-    id_values = [*pair.baseline_id, *(p.id_accuracy for p in pair.points)]
-    ood_values = [*pair.baseline_ood, *(p.ood_accuracy for p in pair.points)]
+    id_values = [*pair.baseline_id, *pair.other_id, *(p.id_accuracy for p in pair.points)]
+    ood_values = [*pair.baseline_ood, *pair.other_ood, *(p.ood_accuracy for p in pair.points)]
     for point in pair.points:
         id_values += [*(point.id_bounds or ())]
         ood_values += [*(point.ood_bounds or ())]
@@ -114,6 +117,12 @@ def plot_pair(pair: PairPlot, out_stem: Path) -> list[Path]:
         axes.scatter(
             logit(pair.baseline_id), logit(pair.baseline_ood),
             color="tab:blue", alpha=0.6, s=28, label=pair.baseline_label, zorder=3,
+        )  # fmt: skip
+    if len(pair.other_id):
+        axes.scatter(
+            logit(pair.other_id), logit(pair.other_ood), marker="s", facecolors="none",
+            edgecolors="tab:gray", s=32, zorder=3,
+            label="other baseline family (multi-ID plane only, not in this fit)",
         )  # fmt: skip
     if pair.fit is not None:
         fit = pair.fit
@@ -180,6 +189,7 @@ def leaderboard_plots(leaderboard: Leaderboard) -> list[PairPlot]:
     """One :class:`PairPlot` per comparability key and ID -> shift pair of a leaderboard
     (the key is in the title and file name when there are several)."""
     from eval.baselines import baseline_points
+    from eval.collect import ID_FAMILY
 
     plots = []
     several = len(leaderboard.keys) > 1
@@ -205,6 +215,11 @@ def leaderboard_plots(leaderboard: Leaderboard) -> list[PairPlot]:
                     )
                 )
             baselines = baseline_points(leaderboard.baselines, (id_task, shift_task))
+            others = baseline_points(
+                [run for run in leaderboard.baselines if run.baseline_family != ID_FAMILY],
+                (id_task, shift_task),
+                family=None,
+            )
             title = f"{id_task} → {shift_task}" + (f"  (setup {key[:12]})" if several else "")
             plots.append(
                 PairPlot(
@@ -216,6 +231,8 @@ def leaderboard_plots(leaderboard: Leaderboard) -> list[PairPlot]:
                     points=tuple(points),
                     title=title,
                     setup_key=key if several else "",
+                    other_id=others.accuracy[:, 0],
+                    other_ood=others.accuracy[:, 1],
                 )
             )
     return plots

@@ -69,8 +69,7 @@ def test_full_profile_shape_second_family_views_and_digits_world(tmp_path):
     oracle = open_subset(out / "baseline-pool")
     assert oracle.manifest.sample_count == samples.filter(pl.col("noise") == "clean").height
 
-    runs = {run.run_id: run for run in result.leaderboard.baselines}
-    families = sorted(run.baseline_family for run in runs.values())
+    families = sorted(run.baseline_family for run in result.leaderboard.baselines)
     # CIFAR world: 2 ID-only + 2 pool-family; digits world: 2 ID-only
     assert families == ["id"] * 4 + ["pool"] * 2
     by_key = result.leaderboard.by_key()
