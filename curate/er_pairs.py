@@ -34,10 +34,18 @@ class PairDifference:
     high: float | None
     method: str
     significant: bool
+    # both pools ran several seeds, so the interval also covers training-seed noise; with one
+    # seed it covers only test-image noise and a "significant" verdict is provisional
+    seed_noise_included: bool
+
+    @property
+    def verdict(self) -> str:
+        verdict = "significant" if self.significant else "not significant"
+        return verdict if self.seed_noise_included else f"{verdict} (1 seed: test images only)"
 
     def describe(self) -> str:
         interval = "" if self.low is None else f" [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
-        verdict = "significant" if self.significant else "not significant"
+        verdict = self.verdict
         return (
             f"{self.pool_a} − {self.pool_b} on {self.shift_task}: "
             f"{100 * self.difference:+.1f}{interval} points, {verdict}"
@@ -78,6 +86,7 @@ def pairwise_differences(
                         high=result.interval.high,
                         method=result.interval.method,
                         significant=bool(result.significant),
+                        seed_noise_included=min(len(better.group.runs), len(worse.group.runs)) > 1,
                     )
                 )
     return pairs
@@ -94,7 +103,7 @@ def differences_table(differences: Sequence[PairDifference]) -> Any:
         "comparability_key": pl.String, "id_task": pl.String, "shift_task": pl.String,
         "pool_a": pl.String, "pool_b": pl.String, "er_difference": pl.Float64,
         "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_method": pl.String,
-        "significant": pl.Boolean,
+        "significant": pl.Boolean, "seed_noise_included": pl.Boolean,
     }  # fmt: skip
     rows = [
         {
@@ -108,6 +117,7 @@ def differences_table(differences: Sequence[PairDifference]) -> Any:
             "ci_high": d.high,
             "ci_method": d.method,
             "significant": d.significant,
+            "seed_noise_included": d.seed_noise_included,
         }
         for d in differences
     ]

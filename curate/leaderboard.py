@@ -550,7 +550,8 @@ def _differences_rich_table(key: str, differences: Sequence[PairDifference]) -> 
         interval = "" if d.low is None else f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
         table.add_row(
             d.shift_task, d.pool_a, d.pool_b, f"{100 * d.difference:+.1f}{interval}",
-            "yes" if d.significant else "no",
+            ("yes" if d.significant else "no")
+            + ("" if d.seed_noise_included else " (1 seed: test images only)"),
         )  # fmt: skip
     return table
 

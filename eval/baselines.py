@@ -88,7 +88,10 @@ def tiny_baseline_plane(
             f"only {len(points)} baseline runs have accuracies on all of "
             f"{', '.join((*id_tasks, shift_task))} (a multi-ID fit needs {len(id_tasks) + 2}); "
             "evaluate the baseline checkpoints on the raw pool's holdout too "
-            "(`curate evaluate RUN/checkpoint --pool RAW_POOL`)"
+            "(`curate evaluate RUN/checkpoint --pool RAW_POOL`), and train more baselines, "
+            "among them a family on the pool's own distribution whose ID accuracies move "
+            "differently (`curate score CANDIDATE --baseline-family pool`; `curate demo "
+            "--full` does both)"
         )
     return fit_logit_plane(
         points.accuracy[:, :-1],

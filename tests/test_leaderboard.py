@@ -114,6 +114,8 @@ def test_leaderboard_ranks_by_er_and_writes_duckdb_and_parquet(scored, tmp_path)
     robust_vs_plain = differences.row(1, named=True)
     # a 6-point gap on 760 test images: the interval excludes 0
     assert robust_vs_plain["significant"] and robust_vs_plain["ci_low"] > 0
+    # only pairs of multi-seed pools have training-seed noise in their interval
+    assert differences["seed_noise_included"].to_list() == [False, True, False]
 
 
 def test_rank_by_id_accuracy(scored, tmp_path):

@@ -235,7 +235,8 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
     assert float(difference.split(" [")[0]) == pytest.approx(
         references["animals"] - references["all"], abs=0.11
     )
-    assert verdict in ("significant", "not significant")
+    # "all" ran one seed: the verdict says its interval holds test-image noise only
+    assert verdict.startswith(("significant", "not significant")) and "one seed" in verdict
 
 
 def test_stage_counts_and_ground_truth_match_decisions(report, runs_dir):
