@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import hashlib
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import torch
 from safetensors.torch import load_file
 
 from curate.errors import UserInputError
+from curate.hashing import file_sha256
 from curate.models import register_curate_models
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -164,14 +164,6 @@ def check_fits(model: Any, state_dict: dict[str, Any], path: Path, arch: str) ->
             f"{path}: weights do not fit architecture {arch}: {problems[0]}{more}; "
             "pass the --model the checkpoint was trained with"
         )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve_checkpoint(arch: str | None, path: Path) -> tuple[str | None, Path]:

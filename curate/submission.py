@@ -21,7 +21,6 @@ the bundle's config, and the baseline fits and ER from the bundled records. The 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import shutil
@@ -37,6 +36,7 @@ import numpy as np
 
 from curate.atomic import atomic_path, publish_directory, staging_dir_for, write_json
 from curate.errors import UserInputError
+from curate.hashing import file_sha256
 from curate.layout import SubsetLayout
 from curate.manifest import produced_by, read_manifest
 from eval.baselines import tiny_baseline_fit, tiny_baseline_plane
@@ -71,14 +71,6 @@ class BundleSummary:
     runs: tuple[str, ...]
     baselines: tuple[str, ...]
     effective_robustness: dict[str, Any]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_tarball(path: Path) -> bool:
@@ -185,9 +177,9 @@ def _unique_ids(runs: Sequence[RunResult], what: str) -> None:
 
 
 def _write_checksums(root: Path) -> str:
-    lines = [f"{sha256_file(root / name)}  {name}\n" for name in _bundle_files(root)]
+    lines = [f"{file_sha256(root / name)}  {name}\n" for name in _bundle_files(root)]
     (root / CHECKSUMS_FILE).write_text("".join(lines), "utf-8")
-    return sha256_file(root / CHECKSUMS_FILE)
+    return file_sha256(root / CHECKSUMS_FILE)
 
 
 def create_bundle(
@@ -335,7 +327,7 @@ def _check_checksums(root: Path) -> list[str]:
         path = root / name
         if ".." in Path(name).parts or not path.is_file():
             problems.append(f"{name}: listed in {CHECKSUMS_FILE} but missing from the bundle")
-        elif sha256_file(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(
                 f"{name}: checksum mismatch (the file changed after the bundle was made)"
             )
@@ -496,7 +488,7 @@ def verify_bundle(bundle: Path) -> BundleSummary:
             raise BundleError(_report(bundle, problems))
         return BundleSummary(
             path=bundle,
-            digest=sha256_file(root / CHECKSUMS_FILE),
+            digest=file_sha256(root / CHECKSUMS_FILE),
             files=len(_bundle_files(root)) + 1,
             runs=tuple(sorted(run.run_id for run in runs)),
             baselines=tuple(sorted(run.run_id for run in baselines)),

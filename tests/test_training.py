@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from curate.errors import UserInputError
 from curate.manifest import Manifest
 from curate.model_loading import load_clip
 from curate.pool_writer import PoolWriter, SourceSample
-from curate.training.baseline import run_baselines
+from curate.training.baseline import ensure_baseline_pool, run_baselines
 from curate.training.batches import Augmentation, SampleOrder
 from curate.training.data import open_training_set
 from curate.training.loop import train_clip
@@ -362,3 +363,16 @@ def test_train_filter_and_baseline(data, tmp_path):
     assert all(r["run"]["baseline"] is True for r in records)
     pool_rows = pl.read_parquet(tmp_path / "baseline-pool" / "samples.parquet")
     assert pool_rows["text"][0] == f"a photo of a {pool_rows['class_name'][0]} thing"
+
+    # the checkout moved: the same data at another path is the same baseline pool; other
+    # data under the same --out is refused
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(data["test_parquet"], moved / "colours_test.parquet")
+    moved_tasks = write_colours_tasks(
+        moved / "tasks.yaml", "colours_test.parquet", "colours_test.parquet"
+    )
+    assert ensure_baseline_pool(tmp_path / "baseline-pool", "colours", moved_tasks)
+    labelled_parquet(moved / "colours_test.parquet", 30, seed=8)
+    with pytest.raises(UserInputError, match="not of"):
+        ensure_baseline_pool(tmp_path / "baseline-pool", "colours", moved_tasks)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.errors import UserInputError
+from curate.hashing import file_sha256
 from curate.manifest import NotAPoolError, read_manifest
 from curate.training.data import read_image_parquet
 from curate.training.scales import get_scale
@@ -36,6 +37,7 @@ def build_labelled_pool(
     source = {
         "type": "labelled_parquet",
         "path": str(images),
+        "sha256": file_sha256(images),  # the same data after the checkout moved
         "filter": row_filter,
         "caption_templates": list(caption_templates),
     }
@@ -75,7 +77,10 @@ def ensure_baseline_pool(out: Path, task_set: str, tasks_file: Path | str | None
             raise UserInputError(
                 f"{out} exists but is not a baseline pool; choose another --out"
             ) from None
-        if manifest.source.get("path") != str(path):
+        same_data = manifest.source.get("path") == str(path) or (
+            manifest.source.get("sha256") == file_sha256(path)
+        )
+        if not same_data:
             raise UserInputError(
                 f"{out} is a pool of {manifest.source.get('path')}, not of {path}; "
                 "choose another --out for this task set"
