@@ -100,7 +100,9 @@ PROFILES: dict[str, DemoProfile] = {
         recipes=("demo_neardup_clip", "demo_diverse_source"),
         diverse_views=5,
         pool_baseline_budgets=(30_720, 61_440, 122_880),
-        digits=DigitsWorld(usps=3_000, scale="demo", baseline_budgets=(7_680, 15_360, 30_720)),
+        digits=DigitsWorld(
+            usps=3_000, scale="demo", baseline_budgets=(7_680, 15_360, 30_720, 61_440)
+        ),
     ),
     "smoke": DemoProfile(
         name="smoke",
