@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,20 @@ def _usage() -> tuple[float, float, float]:
     """(wall, CPU seconds of this process, peak RSS in MiB)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return time.perf_counter(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def _measured_run(stage, ctx, params) -> tuple[Any, dict]:
+    """Run a stage; its result and the wall, CPU and peak-RSS figures of the run."""
+    started = _usage()
+    result = stage.run(ctx, params)
+    ended = _usage()
+    return result, {
+        "wall_s": ended[0] - started[0],
+        "cpu_s": ended[1] - started[1],
+        "peak_rss_mib": ended[2],
+        "rss_before_mib": started[2],
+        "report": result.report,
+    }
 
 
 def _context(work: Path, step: str, seed: int = 0):
@@ -111,16 +126,7 @@ def step_near_dedup(args: argparse.Namespace, work: Path) -> dict:
     stage = get_stage("near_dedup")
     ctx = _context(work, "near_dedup")
     params = stage.params_model(threshold=args.threshold, recall_sample=0)
-    started = _usage()
-    result = stage.run(ctx, params)
-    ended = _usage()
-    return {
-        "wall_s": ended[0] - started[0],
-        "cpu_s": ended[1] - started[1],
-        "peak_rss_mib": ended[2],
-        "rss_before_mib": started[2],
-        "report": result.report,
-    }
+    return _measured_run(stage, ctx, params)[1]
 
 
 def _status_mib(field: str) -> float:
@@ -202,9 +208,7 @@ def step_image_based(args: argparse.Namespace, work: Path) -> dict:
         n_clusters=args.n_clusters,
         train_sample=args.train_sample,
     )
-    started = _usage()
-    result = stage.run(ctx, params)
-    ended = _usage()
+    result, measured = _measured_run(stage, ctx, params)
     (centroids_file,) = ctx.work_dir.glob("kmeans-*.npz")
     centroids = np.load(centroids_file)["centroids"]
     sample = np.random.default_rng(2).choice(args.rows, size=10_000, replace=False)
@@ -212,14 +216,7 @@ def step_image_based(args: argparse.Namespace, work: Path) -> dict:
     sample_vectors = np.asarray(vectors[np.sort(sample)], dtype=np.float32)
     faiss_ids, _ = assign(sample_vectors, centroids)
     numpy_ids = np.argmax(sample_vectors @ centroids.T, axis=1)
-    return {
-        "wall_s": ended[0] - started[0],
-        "cpu_s": ended[1] - started[1],
-        "peak_rss_mib": ended[2],
-        "rss_before_mib": started[2],
-        "report": result.report,
-        "assignment_agrees_with_numpy": float((faiss_ids == numpy_ids).mean()),
-    }
+    return {**measured, "assignment_agrees_with_numpy": float((faiss_ids == numpy_ids).mean())}
 
 
 STEPS = {
