@@ -129,7 +129,7 @@ def main() -> None:
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="bench_build_pool_"))
     source, pool, out = work / "source", work / "pool", work / "candidates"
-    curate = [sys.executable, "-m", "cli.main"]
+    curate = [sys.executable, "-m", "curate.cli.main"]
     env_note = os.environ.get("OMP_NUM_THREADS", "unset")
     try:
         started = time.perf_counter()

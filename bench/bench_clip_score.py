@@ -12,13 +12,13 @@ clean peak RSS):
             reads uid + score per file and converts kept uids with int(uid[:16], 16) per row;
             concatenate, sort, save. The baseline.
   duckdb    one plain DuckDB query (ORDER BY ... OFFSET for the threshold, hex -> UBIGINT).
-  curate    filters.clip_score.select_by_clip_score: polars reads only the score column,
+  curate    curate.filters.clip_score.select_by_clip_score: polars reads only the score column,
             np.partition in place gives the threshold, then one streaming polars scan turns
-            only the kept rows' uids into u8,u8 halves (curate.uid) and sort_pairs sorts them.
+            only the kept rows' uids into u8,u8 halves (curate.core.uid) and sort_pairs sorts them.
   curate_2pass  the same, with the threshold from the bounded-memory two-pass selection
-            (curate.streamed_threshold: a histogram pass over the score column in blocks,
+            (curate.filters.clip_score_threshold: a histogram pass over the score column in blocks,
             then an exact pass inside the bin that holds the cut), which curate uses above
-            filters.clip_score.IN_MEMORY_MAX_ROWS rows; forced here at any size.
+            curate.filters.clip_score.IN_MEMORY_MAX_ROWS rows; forced here at any size.
 
 All four must produce identical subset arrays (asserted). Prints wall seconds (after the
 process's imports), CPU seconds (user + system, DataComp's worker processes included: the
@@ -54,10 +54,10 @@ THRESHOLD_METHODS = ("threshold", "threshold_2pass")
 PRELOAD = {
     "datacomp": ["pandas"],
     "duckdb": ["duckdb"],
-    "curate": ["filters.clip_score"],
-    "curate_2pass": ["filters.clip_score"],
-    "threshold": ["filters.clip_score"],
-    "threshold_2pass": ["filters.clip_score"],
+    "curate": ["curate.filters.clip_score"],
+    "curate_2pass": ["curate.filters.clip_score"],
+    "threshold": ["curate.filters.clip_score"],
+    "threshold_2pass": ["curate.filters.clip_score"],
 }
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
@@ -208,13 +208,13 @@ def run_duckdb(paths: list[Path], column: str, fraction: float) -> np.ndarray:
 
 
 def run_curate(paths: list[Path], column: str, fraction: float) -> np.ndarray:
-    from filters.clip_score import select_by_clip_score
+    from curate.filters.clip_score import select_by_clip_score
 
     return select_by_clip_score(paths, column, fraction=fraction).subset
 
 
 def run_curate_2pass(paths: list[Path], column: str, fraction: float) -> np.ndarray:
-    from filters.clip_score import select_by_clip_score
+    from curate.filters.clip_score import select_by_clip_score
 
     return select_by_clip_score(paths, column, fraction=fraction, in_memory_max_rows=0).subset
 
@@ -222,15 +222,15 @@ def run_curate_2pass(paths: list[Path], column: str, fraction: float) -> np.ndar
 def run_threshold(paths: list[Path], column: str, fraction: float) -> np.ndarray:
     import polars as pl
 
-    from filters.clip_score import datacomp_threshold
+    from curate.filters.clip_score import datacomp_threshold
 
     scores = pl.scan_parquet(paths).select(column).collect()[column].to_numpy(writable=True)
     return np.array([datacomp_threshold(scores, fraction, overwrite=True)])
 
 
 def run_threshold_2pass(paths: list[Path], column: str, fraction: float) -> np.ndarray:
-    from curate.streamed_threshold import top_fraction_threshold
-    from filters.clip_score import parquet_score_blocks
+    from curate.filters.clip_score import parquet_score_blocks
+    from curate.filters.clip_score_threshold import top_fraction_threshold
 
     return np.array([top_fraction_threshold(parquet_score_blocks(paths, column), fraction)])
 

@@ -25,7 +25,7 @@ TARGET_SECONDS = 600
 
 
 def bare_samples_per_second(steps: int = 20) -> float:
-    from curate import demo_data
+    from curate.core import shipped_data as demo_data
     from curate.training.batches import decode_image_cache
     from curate.training.data import labelled_parquet_training_set
     from curate.training.loop import create_model
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="keep the demo's output here (default: temp)")
     args = parser.parse_args()
 
-    from curate.demo import PROFILES, run_demo
+    from curate.demo.run import PROFILES, run_demo
     from curate.training.scales import get_scale
 
     profile = PROFILES[args.profile]

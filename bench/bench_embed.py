@@ -32,11 +32,11 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from curate.embedding import default_workers, embed_pool  # noqa: E402
-from curate.model_loading import load_clip  # noqa: E402
-from curate.models import register_curate_models  # noqa: E402
-from curate.pool import Pool  # noqa: E402
-from curate.pool_writer import PoolWriter, SourceSample  # noqa: E402
+from curate.core.pool import Pool  # noqa: E402
+from curate.core.pool_writer import PoolWriter, SourceSample  # noqa: E402
+from curate.embed.pool_embeddings import default_workers, embed_pool  # noqa: E402
+from curate.models.configs import register_curate_models  # noqa: E402
+from curate.models.loading import load_clip  # noqa: E402
 
 ARCH = "curate-tiny-vit-p4"
 CIFAR_TEST = Path("/work/shared/data/cifar10/test.parquet")

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # light imports only: the local workers are spawned and import this module again
 from bench_ingest import generate  # noqa: E402  (beside this file)
 
-from curate.executor import LocalExecutor, RayExecutor  # noqa: E402
+from curate.core.executor import LocalExecutor, RayExecutor  # noqa: E402
 from curate.ingest import ingest  # noqa: E402
 
 ARCH = "curate-tiny-vit-p4"
@@ -75,7 +75,7 @@ def checkpoint(root: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from curate.models import register_curate_models
+    from curate.models.configs import register_curate_models
 
     register_curate_models()
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def main() -> None:
         accepted = json.loads((root / "sequential/pool/ingest_report.json").read_text())
         report("ingest", ingests, accepted["accepted"], "local, 1 worker")
 
-        from curate.embedding import embed_pool
+        from curate.embed.pool_embeddings import embed_pool
 
         pool = root / "sequential" / "pool"
         weights = checkpoint(root)

@@ -76,7 +76,7 @@ def _measured_run(stage, ctx, params) -> tuple[Any, dict]:
 def _context(work: Path, step: str, seed: int = 0):
     import polars as pl
 
-    from filters.registry import StageContext
+    from curate.filters.registry import StageContext
 
     stage_work = work / f"work-{step}"
     stage_work.mkdir(exist_ok=True)
@@ -121,7 +121,7 @@ def step_generate(args: argparse.Namespace, work: Path) -> dict:
 
 
 def step_near_dedup(args: argparse.Namespace, work: Path) -> dict:
-    from filters.registry import get_stage
+    from curate.filters.catalog import get_stage
 
     stage = get_stage("near_dedup")
     ctx = _context(work, "near_dedup")
@@ -140,7 +140,7 @@ def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
     """near_dedup with an exact index; its keep mask and reasons saved for the comparison."""
     import faiss  # noqa: F401  (imported before the peak counter is reset, as for both)
 
-    from filters.registry import get_stage
+    from curate.filters.catalog import get_stage
 
     stage = get_stage("near_dedup")
     step = {"flat": "near_dedup_flat", "sharded_flat": "near_dedup_sharded"}[index]
@@ -199,7 +199,7 @@ def step_exact(args: argparse.Namespace, work: Path) -> dict:
 
 def step_image_based(args: argparse.Namespace, work: Path) -> dict:
     from curate.dedup.clustering import assign
-    from filters.registry import get_stage
+    from curate.filters.catalog import get_stage
 
     stage = get_stage("image_based")
     ctx = _context(work, "image_based")

@@ -59,14 +59,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bare/curate measurement pairs")
     args = parser.parse_args()
 
-    from curate import demo_data
-    from curate.model_loading import load_clip
+    from curate.core import shipped_data as demo_data
+    from curate.eval.evaluate import evaluate_tasks
+    from curate.eval.tasks import load_registry
+    from curate.models.loading import load_clip
     from curate.training.batches import Augmentation, decode_image_cache
     from curate.training.data import labelled_parquet_training_set
     from curate.training.loop import create_model, train_clip
     from curate.training.scales import get_scale
-    from eval.evaluate import evaluate_tasks
-    from eval.tasks import load_registry
 
     if "OMP_NUM_THREADS" not in os.environ:  # as train_clip does
         torch.set_num_threads(len(os.sched_getaffinity(0)))

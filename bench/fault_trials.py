@@ -69,11 +69,11 @@ import numpy as np
 import polars as pl
 import yaml
 
-from curate.atomic import staging_dir_for, write_json
-from curate.model_loading import CHECKPOINT_CONFIG
+from curate.core.atomic import staging_dir_for, write_json
+from curate.models.loading import CHECKPOINT_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "cli.main"]
+CLI = [sys.executable, "-m", "curate.cli.main"]
 ENV = {
     **os.environ,
     "NO_ALBUMENTATIONS_UPDATE": "1",
@@ -571,7 +571,7 @@ def build_inputs(work: Path) -> Inputs:
     root = work / "inputs"
     source = root / "source"
     source.mkdir(parents=True)
-    cifar = pl.read_parquet(REPO / "curate" / "demo_data" / "cifar10_train.parquet")
+    cifar = pl.read_parquet(REPO / "curate" / "demo" / "data" / "cifar10_train.parquet")
     for part in range(3):
         cifar.slice(part * 2000, 2000).write_parquet(source / f"part-{part}.parquet")
     checkpoint = root / "filter-model"
@@ -582,7 +582,8 @@ def build_inputs(work: Path) -> Inputs:
     demo = root / "demo"
     curate(["demo-pool", "--out", str(demo), "--size", "300", "--holdout-size", "50"])
     scales = root / "scales.yaml"
-    tiny_test = yaml.safe_load((REPO / "curate" / "scales.yaml").read_text("utf-8"))["tiny-test"]
+    shipped_scales = REPO / "curate" / "training" / "scales.yaml"
+    tiny_test = yaml.safe_load(shipped_scales.read_text("utf-8"))["tiny-test"]
     scale = {**tiny_test, "samples_seen": 24 * 64, "batch_size": 64, "checkpoint_every": 3}
     scales.write_text(yaml.safe_dump({SCALE: scale}), "utf-8")
     references = work / "reference"

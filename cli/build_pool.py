@@ -9,11 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import scale_options
-from cli.app import app
+from curate.cli import scale_options
+from curate.cli.app import app
 
 if TYPE_CHECKING:
-    from curate.build_pool import BuildResult
+    from curate.build_pool.build import BuildResult
 
 RECIPE_HELP = "A recipe YAML file, or the name of a shipped recipe (see `curate recipes`)."
 
@@ -45,9 +45,9 @@ def build_pool_command(
 
     Example: curate build-pool demo_clip_top50 --pool demo/pool --out demo/clip50
     """
-    from curate.build_pool import build_pool
-    from curate.executor import make_executor
-    from curate.recipe import load_recipe
+    from curate.build_pool.build import build_pool
+    from curate.build_pool.recipe import load_recipe
+    from curate.core.executor import make_executor
 
     console = Console()
     loaded = load_recipe(recipe)
@@ -76,7 +76,7 @@ def recipes_command() -> None:
     """List the recipes that ship with curate, with what each one does."""
     import yaml
 
-    from curate.recipe import shipped_recipes
+    from curate.build_pool.recipe import shipped_recipes
 
     table = Table("recipe", "stages", "description")
     for name, path in shipped_recipes().items():
@@ -95,11 +95,11 @@ def validate_recipe_command(
     ] = None,
 ) -> None:
     """Check RECIPE (stage names, parameter names and types) without running it."""
-    from curate.recipe import bind_to_pool, load_recipe
+    from curate.build_pool.recipe import bind_to_pool, load_recipe
 
     loaded = load_recipe(recipe)
     if pool is not None:
-        from curate.pool import Pool
+        from curate.core.pool import Pool
 
         bind_to_pool(loaded, Pool.open(pool).root.resolve())
     stages = ", ".join(stage.name for stage in loaded.stages) or "no stages"
@@ -149,7 +149,7 @@ class _StageProgress:
 
 
 def _summary_table(result: BuildResult, recipe_name: str) -> Table:
-    from curate.ground_truth import noisy_summary
+    from curate.build_pool.ground_truth import noisy_summary
 
     quality = noisy_summary(result.ground_truth) if result.ground_truth is not None else None
     table = Table(title=f"{recipe_name}: {result.kept:,} of {result.pool_count:,} kept")
@@ -178,7 +178,7 @@ def _summary_table(result: BuildResult, recipe_name: str) -> Table:
 def _noise_table(report) -> Table:
     """Per injected noise type (rows) and stage (columns): removed / seen. The clean row is
     the collateral damage; the others are each stage's recall of that defect."""
-    from curate.ground_truth import NOISY
+    from curate.build_pool.ground_truth import NOISY
 
     stages = report.select("stage_index", "stage").unique(maintain_order=True).rows()
     table = Table(title="removed / seen, by injected noise type (ground truth)")

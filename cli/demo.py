@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 
 @app.command("demo")
@@ -43,8 +43,8 @@ def demo_command(
     """
     from rich.console import Console
 
-    from curate.demo import run_demo
-    from curate.leaderboard import rich_tables
+    from curate.cli.leaderboard_view import rich_tables
+    from curate.demo.run import run_demo
 
     console = Console(width=None if Console().is_terminal else 150)
     chosen = profile or ("full" if full else "default")

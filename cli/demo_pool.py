@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 _RATE_HELP = "Fraction of the pool with {what} (ground truth noise = {kind})."
 
@@ -85,7 +85,7 @@ def demo_pool(
     from rich.console import Console
     from rich.table import Table
 
-    from curate.demo_pool import NoiseRates, build_demo_pool
+    from curate.demo.pool import NoiseRates, build_demo_pool
 
     rates = NoiseRates(
         mismatched_caption=mismatched_caption_rate,

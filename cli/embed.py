@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli import scale_options
-from cli.app import app
+from curate.cli import scale_options
+from curate.cli.app import app
 
 
 @app.command("embed")
@@ -68,8 +68,8 @@ def embed_command(
 
     Example: curate embed demo/pool --checkpoint runs/filter-model
     """
-    from curate.embedding import embed_pool
-    from curate.executor import make_executor
+    from curate.core.executor import make_executor
+    from curate.embed.pool_embeddings import embed_pool
 
     with make_executor(executor, ray_address=ray_address) as runner:
         report = embed_pool(
@@ -122,10 +122,10 @@ def embed_images_command(
     image_based needs the downstream task's training images, decontaminate the evaluation
     images, both embedded by the same model as the pool. Example:
 
-      curate embed-images curate/demo_data/cifar10_train.parquet --pool demo/pool
+      curate embed-images curate/demo/data/cifar10_train.parquet --pool demo/pool
         --out demo/pool/targets/cifar10_train.npy
     """
-    from curate.embed_images import embed_image_parquet
+    from curate.embed.image_sets import embed_image_parquet
 
     vectors = embed_image_parquet(
         images,

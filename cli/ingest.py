@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli import scale_options
-from cli.app import app
+from curate.cli import scale_options
+from curate.cli.app import app
 from curate.ingest import FORMATS
 
 _FORMAT_HELP = "\n\n".join(
@@ -76,7 +76,7 @@ def ingest_command(
 
     Example: curate ingest downloads/ --out pools/web --executor ray
     """
-    from curate.executor import make_executor
+    from curate.core.executor import make_executor
     from curate.ingest.base import IngestOptions
     from curate.ingest.run import ingest
 
@@ -137,7 +137,7 @@ def download_command(
 
     Example: curate download pools/dc-meta --out pools/dc-images --processes 4
     """
-    from curate.download import DownloadSettings, download
+    from curate.ingest.download import DownloadSettings, download
 
     settings = DownloadSettings(
         processes=processes,

@@ -1,6 +1,6 @@
 """Entry point of the `curate` console script.
 
-Each ``cli.<topic>`` module registers its commands on the shared typer app when imported.
+Each ``curate.cli.<topic>`` module registers its commands on the shared typer app when imported.
 Errors meant for the user (bad input, missing pool, output in use) are printed as one clear
 line and exit with status 2, never as a traceback.
 """
@@ -11,9 +11,9 @@ import sys
 
 from rich.console import Console
 
-import cli.commands  # noqa: F401  (registers every command)
-from cli.app import app
-from curate.errors import USER_ERRORS
+import curate.cli.commands  # noqa: F401  (registers every command)
+from curate.cli.app import app
+from curate.core.errors import USER_ERRORS
 
 
 def main() -> None:

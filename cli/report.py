@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 
 @app.command("report")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 Roots = Annotated[
     list[Path],
@@ -56,7 +56,8 @@ def leaderboard(
     """
     from rich.console import Console
 
-    from curate.leaderboard import build_leaderboard, rich_tables
+    from curate.cli.leaderboard_view import rich_tables
+    from curate.leaderboard.build import build_leaderboard
 
     board, written = build_leaderboard(
         roots, out, rank_by=rank_by, group_by_key=group_by_key,
@@ -95,7 +96,7 @@ def plot(
 
     Example: curate plot demo/candidates demo/baselines --out demo/plots
     """
-    from eval.plots import plot_results
+    from curate.report.plots import plot_results
 
     for path in plot_results(roots, out, group_by_key=group_by_key):
         typer.echo(f"wrote {path}")
@@ -175,7 +176,7 @@ def er_testbed(
     A sanity check of the ER machinery against the published plots: slope and intercept of
     logit(shift accuracy) on logit(ImageNet accuracy), R² and the number of models.
     """
-    from eval.testbed import TESTBED_SHIFTS, fit_testbed, testbed_shift
+    from curate.eval.testbed import TESTBED_SHIFTS, fit_testbed, testbed_shift
 
     shifts = [testbed_shift(shift).shift] if shift else list(TESTBED_SHIFTS)
     typer.echo("imagenet-testbed baseline fits: logit(shift) = slope * logit(ID) + intercept")
@@ -190,7 +191,7 @@ def er_testbed(
         if TESTBED_SHIFTS[name].note:
             typer.echo(f"note, {name}: {TESTBED_SHIFTS[name].note}")
     if plot_dir is not None:
-        from eval.plots import testbed_plot, write_plots
+        from curate.report.plots import testbed_plot, write_plots
 
         for path in write_plots([testbed_plot(name) for name in shifts], plot_dir):
             typer.echo(f"wrote {path}")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 TASKS_HELP = (
     "Task ids or task set names from eval/tasks.yaml (repeat the option); default: the "
@@ -16,7 +16,7 @@ TASKS_HELP = (
 )
 TASKS_FILE_HELP = "Your own tasks YAML (same shape as eval/tasks.yaml); extends the built-in tasks."
 SCALES_FILE_HELP = (
-    "Your own scales YAML (same shape as curate/scales.yaml) instead of the shipped one."
+    "Your own scales YAML (same shape as curate/training/scales.yaml) instead of the shipped one."
 )
 
 
@@ -30,7 +30,7 @@ def score_command(
     scale: Annotated[
         str,
         typer.Option(
-            help="Training scale from curate/scales.yaml: tiny, tiny-test, small, medium."
+            help="Training scale from training/scales.yaml: tiny, tiny-test, small, medium."
         ),
     ] = "tiny",
     seed: Annotated[
@@ -59,13 +59,13 @@ def score_command(
     Multi-GPU (small / medium scales): launch this same command under torchrun, one process
     per GPU; the scale's batch is the global batch, split over the processes (nccl on GPUs,
     gloo on CPU); rank 0 writes run.json and the checkpoint and evaluates:
-    torchrun --standalone --nproc_per_node 8 -m cli.main score POOL --scale small
+    torchrun --standalone --nproc_per_node 8 -m curate.cli.main score POOL --scale small
     (torchrun = python -m torch.distributed.run; several nodes: --nnodes N --node_rank R
     --rdzv_backend c10d --rdzv_endpoint HOST:PORT instead of --standalone)
 
     Example: curate score demo/candidates/clip-score --scale tiny --seed 0
     """
-    from curate.training.score import score
+    from curate.runs.score import score
 
     typer.echo(f"scoring {target} at scale {scale}, seed {seed}")
     result = score(
@@ -124,7 +124,7 @@ def evaluate_command(
 
     Example: curate evaluate demo/pool/results/tiny-61440-seed0-1a2b3c4d/checkpoint --tasks cifar10
     """
-    from eval.evaluate import evaluate_checkpoint
+    from curate.runs.evaluate import evaluate_checkpoint
 
     path, _ = evaluate_checkpoint(
         checkpoint,
@@ -143,7 +143,7 @@ def evaluate_command(
 
 
 def _int_list(text: str, option: str) -> list[int]:
-    from curate.errors import UserInputError
+    from curate.core.errors import UserInputError
 
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -179,7 +179,7 @@ def baseline_command(
 
     Example: curate baseline --task-set cifar10 --budgets 15000,30000,60000 --seeds 0,1
     """
-    from curate.training.baseline import run_baselines
+    from curate.runs.baseline import run_baselines
 
     def report(result) -> None:
         train = result.run.get("train") or {}
@@ -211,7 +211,7 @@ def train_filter_command(
         ),
     ],
     out: Annotated[Path, typer.Option(help="The checkpoint directory to write.")],
-    scale: Annotated[str, typer.Option(help="Training scale (curate/scales.yaml).")] = "tiny",
+    scale: Annotated[str, typer.Option(help="Training scale (training/scales.yaml).")] = "tiny",
     seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
     caption_template: Annotated[
         list[str] | None,

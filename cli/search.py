@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 
 @app.command("search-recipe")
@@ -43,7 +43,7 @@ def search_recipe_command(
         ),
     ] = None,
     scale: Annotated[
-        str, typer.Option(help="Training scale from curate/scales.yaml (the fixed budget).")
+        str, typer.Option(help="Training scale from training/scales.yaml (the fixed budget).")
     ] = "tiny",
     seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated, e.g. 0,1,2.")] = "0",
     tasks: Annotated[
@@ -54,7 +54,7 @@ def search_recipe_command(
         Path | None, typer.Option(help="Your own tasks YAML (extends eval/tasks.yaml).")
     ] = None,
     scales_file: Annotated[
-        Path | None, typer.Option(help="Your own scales YAML instead of curate/scales.yaml.")
+        Path | None, typer.Option(help="Your own scales YAML instead of training/scales.yaml.")
     ] = None,
     bootstrap: Annotated[
         int, typer.Option(help="Bootstrap resamples of the test images for ER intervals (0: none).")
@@ -76,9 +76,10 @@ def search_recipe_command(
     """
     from rich.console import Console
 
-    from curate.errors import UserInputError
-    from curate.recipe import load_recipe
-    from curate.recipe_search import answer, parse_values, search_recipe, sweep_table
+    from curate.build_pool.recipe import load_recipe
+    from curate.cli.search_view import sweep_table
+    from curate.core.errors import UserInputError
+    from curate.recipe_search import answer, parse_values, search_recipe
 
     console = Console()
     if not console.is_terminal:
@@ -108,7 +109,7 @@ def search_recipe_command(
 
 
 def _seeds(text: str) -> list[int]:
-    from curate.errors import UserInputError
+    from curate.core.errors import UserInputError
 
     try:
         return [int(part) for part in text.split(",") if part.strip()]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from curate.cli.app import app
 
 _PATH_HELP = "A pool, a candidate pool, or a folder holding several (searched a few levels deep)."
 
@@ -65,9 +65,9 @@ def sql(
 
     from rich.console import Console
 
-    from curate.errors import UserInputError
-    from curate.sql import PoolCatalog, output_format, result_bytes, write_result
-    from curate.sql_shell import print_results, run_shell
+    from curate.cli.sql_shell import print_results, run_shell
+    from curate.core.errors import UserInputError
+    from curate.sql.query import PoolCatalog, output_format, result_bytes, write_result
 
     console = Console()
     fmt = output_format(output, fmt)
@@ -103,7 +103,8 @@ def info(
     ground-truth noise (demo pools), embedding sets, filter stages, scoring runs."""
     from rich.console import Console
 
-    from curate.info import collect_info, render_info
+    from curate.cli.pool_info_view import render_info
+    from curate.sql.info import collect_info
 
     console = Console()
     for pool_info in collect_info(paths):

@@ -6,7 +6,7 @@ stage's parameter model, for every value, before any work), built into a candida
 machinery against the baseline runs of the given folders. The answer is the point with the
 best effective robustness and the point with the best mean accuracy (they may differ), and
 whether the best ER beats the runner-up by more than the noise: a paired bootstrap over the
-test images plus the seed spread (:func:`eval.er_uncertainty.er_difference`).
+test images plus the seed spread (:func:`curate.eval.er_uncertainty.er_difference`).
 
 Everything resumes: a finished candidate pool is reused when it was built from the same
 variant of the same pool, and ``score`` skips finished training and evaluated tasks. The
@@ -28,11 +28,17 @@ import yaml
 from pydantic import TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 
-from curate.errors import UserInputError
-from curate.leaderboard import GroupSummary, Leaderboard, group_runs, require_comparable, summarize
-from curate.recipe import Recipe, RecipeError, RecipeStage, bind_to_pool, parse_recipe
-from eval.collect import RunResult, collect_runs, load_run
-from eval.er_uncertainty import DEFAULT_BOOTSTRAP, DEFAULT_CONFIDENCE, ErDifference, er_difference
+from curate.build_pool.recipe import Recipe, RecipeError, RecipeStage, bind_to_pool, parse_recipe
+from curate.core.errors import UserInputError
+from curate.eval.collect import RunResult, collect_runs, load_run
+from curate.eval.er_uncertainty import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_CONFIDENCE,
+    ErDifference,
+    er_difference,
+)
+from curate.leaderboard.groups import GroupSummary, group_runs, require_comparable
+from curate.leaderboard.model import Leaderboard, summarize
 
 SEARCH_FILE = "search.json"
 MAX_SLUG_CHARS = 40
@@ -253,8 +259,8 @@ def search_recipe(
     on_step: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Build, score and rank one candidate pool per value of ``stage``'s ``param``."""
-    from curate.atomic import exclusive_lock, write_json
-    from curate.training.score import score
+    from curate.core.atomic import exclusive_lock, write_json
+    from curate.runs.score import score
 
     on_step = on_step or (lambda name: None)
     plan = _plan(
@@ -309,10 +315,10 @@ def _plan(
 ) -> _Plan:
     """Every check that needs no work (values, pool, input files, scale, tasks, baselines, an
     earlier sweep's candidate pools), so that a mistake fails before anything is written."""
-    from curate.pool import Pool
+    from curate.core.pool import Pool
+    from curate.eval.evaluate import check_task_data
+    from curate.eval.tasks import load_registry
     from curate.training.scales import get_scale
-    from eval.evaluate import check_task_data
-    from eval.tasks import load_registry
 
     target = find_stage(recipe, stage)
     variants = recipe_variants(recipe, stage, param, values)
@@ -320,7 +326,7 @@ def _plan(
     for variant in variants:
         bind_to_pool(variant, pool_root)
     if recipe.needs_embeddings:
-        from curate.embedding_store import load_embeddings
+        from curate.core.embedding_store import load_embeddings
 
         load_embeddings(pool_root, recipe.embeddings)
     unique_seeds = tuple(dict.fromkeys(int(seed) for seed in seeds))
@@ -372,8 +378,9 @@ def _baseline_runs(roots: Sequence[Path | str]) -> list[RunResult]:
 
 def _check_existing(candidate: Path, variant: Recipe, pool_root: Path) -> None:
     """A candidate folder already there must be this variant of this pool (then it is reused)."""
-    from curate.manifest import NotAPoolError, read_manifest
-    from curate.pool import Pool
+    from curate.core.errors import NotAPoolError
+    from curate.core.manifest import read_manifest
+    from curate.core.pool import Pool
 
     if not candidate.exists():
         return
@@ -398,8 +405,8 @@ def _check_existing(candidate: Path, variant: Recipe, pool_root: Path) -> None:
 
 def _build(variant: Recipe, pool_root: Path, candidate: Path) -> int:
     """Build the variant's candidate pool unless it is there; return its kept count."""
-    from curate.build_pool import build_pool
-    from curate.manifest import read_manifest
+    from curate.build_pool.build import build_pool
+    from curate.core.manifest import read_manifest
 
     if candidate.exists():
         return read_manifest(candidate).sample_count
@@ -417,7 +424,7 @@ def _rank(
 ) -> SearchResult:
     """Rank the points by ER (the leaderboard's summaries, within one comparability key) and
     pick the best ER, its runner-up and the best mean accuracy."""
-    from eval.records import RESULTS_FILE
+    from curate.eval.records import RESULTS_FILE
 
     runs = [load_run(r.run_dir / RESULTS_FILE) for results in scored for r in results]
     require_comparable(group_runs(runs), group_by_key=False)
@@ -483,7 +490,7 @@ def _rank(
 # -- reporting -------------------------------------------------------------------------------
 
 
-def _points(value: float | None, signed: bool = True) -> str:
+def points_label(value: float | None, signed: bool = True) -> str:
     if value is None:
         return "-"
     return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
@@ -494,8 +501,8 @@ def _er_text(row: SweepRow) -> str:
     ers = [shift.er for shift in row.summary.shifts if shift.er is not None]
     if len(ers) == 1 and ers[0].interval.low is not None:
         er = ers[0]
-        return f"{_points(er.mean)} [{_points(er.interval.low)}, {_points(er.interval.high)}]"
-    return _points(row.average_er)
+        return f"{points_label(er.mean)} [{points_label(er.interval.low)}, {points_label(er.interval.high)}]"
+    return points_label(row.average_er)
 
 
 def answer(result: SearchResult) -> str:
@@ -509,7 +516,7 @@ def answer(result: SearchResult) -> str:
         else:
             verdict = "significantly better" if result.significant else "not significantly better"
             gaps = ", ".join(
-                f"{_points(d.difference)} [{_points(d.interval.low)}, {_points(d.interval.high)}]"
+                f"{points_label(d.difference)} [{points_label(d.interval.low)}, {points_label(d.interval.high)}]"
                 + (f" on {d.shift_task}" if len(result.differences) > 1 else "")
                 for d in result.differences
             )
@@ -518,61 +525,12 @@ def answer(result: SearchResult) -> str:
     accuracy = "none"
     if result.best_accuracy is not None:
         row = result.best_accuracy
-        accuracy = f"{row.label} ({_points(row.mean_accuracy, signed=False)}%)"
+        accuracy = f"{row.label} ({points_label(row.mean_accuracy, signed=False)}%)"
     return f"{best}; best mean accuracy: {accuracy}"
 
 
-def sweep_table(result: SearchResult) -> Any:
-    """The sweep as a rich table: one row per value, ranked by ER (percentage points)."""
-    from rich.table import Table
-
-    summaries = [row.summary for row in result.rows]
-    id_tasks = sorted({task for s in summaries for task in s.id_tasks})
-    shifts = sorted({(sh.id_task, sh.shift_task) for s in summaries for sh in s.shifts})
-    table = Table(
-        title=f"{result.param} of stage {result.stage_index} ({result.stage}) at scale "
-        f"{result.scale}, seeds {list(result.seeds)}; ranked by ER",
-        caption="accuracy % (mean ± std over seeds); ER in points [95% interval]",
-    )
-    for column in ("#", result.param, "kept"):
-        table.add_column(column, justify="left" if column == result.param else "right")
-    for task in id_tasks:
-        table.add_column(f"{task} acc", justify="right")
-    for _, shift_task in shifts:
-        table.add_column(f"{shift_task} acc", justify="right")
-        table.add_column(f"{shift_task} ER", justify="right")
-    if len(shifts) > 1:
-        table.add_column("avg ER", justify="right")
-    table.add_column("mean acc", justify="right")
-    for row in result.rows:
-        summary = row.summary
-        by_pair = {(s.id_task, s.shift_task): s for s in summary.shifts}
-        cells = [str(row.rank or "-"), value_label(row.value), f"{row.kept:,}"]
-        cells += [_accuracy(summary, task) for task in id_tasks]
-        for pair in shifts:
-            shift = by_pair.get(pair)
-            er = shift.er if shift else None
-            cells.append(_accuracy(summary, pair[1]))
-            cells.append(
-                "-"
-                if er is None
-                else f"{_points(er.mean)}"
-                + ("" if er.interval.low is None else
-                   f" [{_points(er.interval.low)}, {_points(er.interval.high)}]")
-            )  # fmt: skip
-        if len(shifts) > 1:
-            cells.append(_points(row.average_er))
-        cells.append(_points(row.mean_accuracy, signed=False))
-        style = "bold" if row is result.best_er else None
-        table.add_row(*cells, style=style)
-    return table
 
 
-def _accuracy(summary: GroupSummary, task: str) -> str:
-    mean, std = summary.accuracy.get(task, (None, None))
-    if mean is None:
-        return "-"
-    return _points(mean, signed=False) + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 def search_summary(result: SearchResult, recipe: Recipe, pool_root: Path) -> dict[str, Any]:

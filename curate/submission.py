@@ -34,15 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from curate.atomic import atomic_path, publish_directory, staging_dir_for, write_json
-from curate.errors import UserInputError
-from curate.hashing import file_sha256
-from curate.layout import SubsetLayout
-from curate.manifest import produced_by, read_manifest
-from eval.baselines import tiny_baseline_fit, tiny_baseline_plane
-from eval.collect import KIND_POOL_ID, RUN_FILE, RunResult, collect_runs, load_run
-from eval.effective_robustness import effective_robustness, multi_id_effective_robustness
-from eval.records import RESULTS_FILE
+from curate.core.atomic import atomic_path, publish_directory, staging_dir_for, write_json
+from curate.core.errors import InputNotFoundError, OutputExistsError, UserInputError
+from curate.core.hashing import file_sha256
+from curate.core.layout import SubsetLayout
+from curate.core.manifest import produced_by, read_manifest
+from curate.eval.baselines import tiny_baseline_fit, tiny_baseline_plane
+from curate.eval.collect import KIND_POOL_ID, RUN_FILE, RunResult, collect_runs, load_run
+from curate.eval.effective_robustness import effective_robustness, multi_id_effective_robustness
+from curate.eval.records import RESULTS_FILE
 
 BUNDLE_FORMAT = "curate-submission"
 BUNDLE_VERSION = 1
@@ -191,7 +191,7 @@ def create_bundle(
     overwrite: bool = False,
 ) -> BundleSummary:
     """Bundle a candidate pool with its scored runs (default: ``SUBSET/results``)."""
-    from curate.uid import load_subset, save_subset
+    from curate.core.uid import load_subset, save_subset
 
     subset, out = Path(subset), Path(out)
     manifest = read_manifest(subset)
@@ -202,9 +202,9 @@ def create_bundle(
         )
     layout = SubsetLayout(subset)
     if not layout.recipe.is_file():
-        raise FileNotFoundError(f"{layout.recipe} is missing; rebuild the candidate pool")
+        raise InputNotFoundError(f"{layout.recipe} is missing; rebuild the candidate pool")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
 
     result_runs = [run for run in collect_runs(results or [subset]) if not run.baseline]
     if not result_runs:
@@ -297,7 +297,7 @@ def _parent_pool(source: dict[str, Any]) -> list[Path]:
 def _opened(bundle: Path) -> Iterator[Path]:
     """The bundle's root directory (a ``.tar.gz`` is extracted to a temporary folder)."""
     if not bundle.exists():
-        raise FileNotFoundError(f"{bundle} does not exist")
+        raise InputNotFoundError(f"{bundle} does not exist")
     if bundle.is_dir():
         yield bundle
         return
@@ -404,7 +404,7 @@ def _differences(claimed: Any, actual: Any, path: str) -> list[str]:
 
 def verify_bundle(bundle: Path) -> BundleSummary:
     """Re-check a bundle; raise :class:`BundleError` listing every problem (file first)."""
-    from curate.uid import SUBSET_DTYPE
+    from curate.core.uid import SUBSET_DTYPE
 
     bundle = Path(bundle)
     with _opened(bundle) as root:

@@ -2,7 +2,7 @@
 
 They are standard models trained on ID data only, at several budgets, so that their ID and OOD
 accuracies trace the logit-linear trend that effective robustness is measured against
-(:mod:`eval.effective_robustness`). The ImageNet-scale source is :mod:`eval.testbed`.
+(:mod:`curate.eval.effective_robustness`). The ImageNet-scale source is :mod:`curate.eval.testbed`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.errors import UserInputError
-from eval.collect import ID_FAMILY, RunResult
-from eval.effective_robustness import LinearFit, MultiLinearFit, fit_logit_line, fit_logit_plane
+from curate.core.errors import UserInputError
+from curate.eval.collect import ID_FAMILY, RunResult
+from curate.eval.effective_robustness import (
+    LinearFit,
+    MultiLinearFit,
+    fit_logit_line,
+    fit_logit_plane,
+)
 
 TINY_BASELINE_SOURCE = "tiny-baselines"
 

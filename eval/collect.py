@@ -1,6 +1,6 @@
 """Read scoring results: ``<pool_or_subset>/results/<run_id>/results.jsonl`` and ``run.json``.
 
-Each results file holds one record per task of one run (format: :mod:`eval.records`). This
+Each results file holds one record per task of one run (format: :mod:`curate.eval.records`). This
 module turns a file into a :class:`RunResult` (the run's identity and one :class:`TaskResult`
 per task) and checks the fields the leaderboard, plots and submissions rely on, naming the
 file, line and field when one is missing.
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from curate.errors import UserInputError
-from eval.records import RESULTS_FILE, read_records, unpack_correct
+from curate.core.errors import InputNotFoundError, UserInputError
+from curate.eval.records import RESULTS_FILE, read_records, unpack_correct
 
 RUN_FILE = "run.json"
 RESULTS_GLOB = f"**/results/*/{RESULTS_FILE}"
@@ -87,7 +87,7 @@ def find_results_files(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise FileNotFoundError(f"{root} does not exist; pass a pool, subset or results folder")
+            raise InputNotFoundError(f"{root} does not exist; pass a pool, subset or results folder")
         if root.is_file() and root.name == RESULTS_FILE:
             found.add(root.resolve())
             continue

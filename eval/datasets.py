@@ -10,17 +10,16 @@ Images are handed out as raw bytes or paths and decoded by the model's own prepr
 
 from __future__ import annotations
 
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from curate.errors import UserInputError
-from curate.training.data import IMAGE_EXTENSIONS, read_image_parquet
-from eval.tasks import Registry, TaskSpec, resolve_classnames, resolve_templates
+from curate.core.errors import InputNotFoundError, UserInputError
+from curate.core.image_tables import read_image_parquet
+from curate.core.images import IMAGE_EXTENSIONS
+from curate.eval.tasks import Registry, TaskSpec, resolve_classnames, resolve_templates
 
 
 @dataclass(frozen=True)
@@ -51,7 +50,7 @@ def load_task_data(registry: Registry, task_id: str, pool: Path | str | None) ->
         if spec.optional:
             return None
         where = spec.images.path if path is None else str(path)
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"task {task_id}: its images {where} do not exist"
             + ("" if path else " (the path needs {pool}: evaluate a pool's run)")
             + "; fix the path in the tasks file or drop the task"
@@ -147,20 +146,3 @@ def _wds(
     return TaskData(None, tars, None, classnames, templates, None, str(path))
 
 
-def iter_wds(tars: list[Path]) -> Iterator[tuple[bytes, int]]:
-    """(image bytes, class) of every sample of CLIP_benchmark-style shards, in file order."""
-    for tar in tars:
-        pending: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(tar) as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                key, _, extension = member.name.partition(".")
-                handle = archive.extractfile(member)
-                assert handle is not None
-                sample = pending.setdefault(key, {})
-                sample[extension.lower()] = handle.read()
-                image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-                if image is not None and "cls" in sample:
-                    del pending[key]
-                    yield image, int(sample["cls"].decode().strip())

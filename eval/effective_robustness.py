@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.errors import UserInputError
+from curate.core.errors import UserInputError
 
 ACCURACY_EPS = 1e-4
 """Accuracies are clipped to [ACCURACY_EPS, 1 - ACCURACY_EPS] before the logit.

@@ -34,10 +34,15 @@ from typing import Any
 
 import numpy as np
 
-from curate.errors import UserInputError
-from eval.baselines import BaselinePoints, baseline_points, tiny_baseline_fit, tiny_baseline_plane
-from eval.collect import RunResult
-from eval.effective_robustness import (
+from curate.core.errors import UserInputError
+from curate.eval.baselines import (
+    BaselinePoints,
+    baseline_points,
+    tiny_baseline_fit,
+    tiny_baseline_plane,
+)
+from curate.eval.collect import RunResult
+from curate.eval.effective_robustness import (
     LinearFit,
     MultiLinearFit,
     effective_robustness,

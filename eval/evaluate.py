@@ -3,7 +3,6 @@ to a results file; tasks already in the file are skipped, so a rerun finishes th
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -12,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from eval.datasets import TaskData, iter_wds, load_task_data
-from eval.records import append_record, finished_tasks, pack_correct
-from eval.retrieval import retrieval_metrics
-from eval.tasks import Registry
-from eval.zeroshot import class_embeddings, classify
+from curate.core.errors import InputNotFoundError
+from curate.eval.datasets import TaskData, load_task_data
+from curate.eval.records import append_record, finished_tasks, pack_correct
+from curate.eval.retrieval import retrieval_metrics
+from curate.eval.tasks import Registry
+from curate.eval.zeroshot import class_embeddings, classify
+from curate.models.encode import encode_images, encode_texts
 
 
 @dataclass(frozen=True)
@@ -53,14 +53,14 @@ def check_task_data(registry: Registry, task_ids: Sequence[str], pool: Path | st
         spec = registry.tasks[task_id]
         path = registry.task_path(task_id, pool)
         if (path is None or not path.exists()) and not spec.optional:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"task {task_id}: its images {path or spec.images.path} do not exist; fix the "
                 "path in the tasks file (or set its environment variable) or drop the task"
             )
 
 
 def evaluate_tasks(
-    loaded: Any,  # curate.model_loading.LoadedClip
+    loaded: Any,  # curate.models.loading.LoadedClip
     task_ids: Sequence[str],
     registry: Registry,
     results_path: Path,
@@ -108,9 +108,10 @@ def run_task(
 ) -> dict[str, Any]:
     """One task's result record (without the run block)."""
     spec = registry.tasks[task_id]
-    features, labels = encode_images(
-        loaded, data, device, batch_size, workers, show_progress, task_id
+    features, wds_labels = encode_images(
+        loaded, data.images, data.tars, device, batch_size, workers, show_progress, task_id
     )
+    labels = wds_labels if data.tars is not None else data.labels
     record: dict[str, Any] = {
         "dataset": task_id,
         "model": loaded.identity["arch"],
@@ -132,157 +133,3 @@ def run_task(
         texts = encode_texts(loaded, data.texts, device, batch_size)
         record["metrics"] = retrieval_metrics(features, texts, np.arange(len(texts)))
     return record
-
-
-def encode_images(
-    loaded: Any,
-    data: TaskData,
-    device: str,
-    batch_size: int,
-    workers: int,
-    show_progress: bool = False,
-    description: str = "",
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """L2-normalised image features (float32, dataset order) and, for wds, the labels."""
-    from rich.progress import track
-
-    if data.tars is not None:
-        dataset: Any = _WdsImages(data.tars, loaded.preprocess)
-        workers = 0  # one stream keeps the file order
-    else:
-        dataset = _Images(data.images, loaded.preprocess)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
-    features, labels = [], []
-    with torch.inference_mode():
-        for batch in track(
-            loader,
-            description=f"evaluating {description}",
-            disable=not show_progress,
-            transient=True,
-        ):
-            pixels = batch[0] if data.tars is not None else batch
-            encoded = loaded.model.encode_image(pixels.to(device), normalize=True)
-            features.append(encoded.float().cpu().numpy())
-            if data.tars is not None:
-                labels.append(batch[1].numpy())
-    stacked = np.concatenate(features) if features else np.zeros((0, 0), np.float32)
-    return stacked, (np.concatenate(labels) if labels else data.labels)
-
-
-def encode_texts(loaded: Any, texts: list[str], device: str, batch_size: int) -> np.ndarray:
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            tokens = loaded.tokenizer(texts[start : start + batch_size]).to(device)
-            chunks.append(loaded.model.encode_text(tokens, normalize=True).float().cpu().numpy())
-    return np.concatenate(chunks)
-
-
-def _open_rgb(item: bytes | Path) -> Any:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(item) if isinstance(item, bytes) else item) as image:
-        return image.convert("RGB")
-
-
-class _Images(torch.utils.data.Dataset):
-    """Map-style dataset over image bytes or paths (picklable for loader workers)."""
-
-    def __init__(self, items: list, preprocess: Callable) -> None:
-        self.items, self.preprocess = items, preprocess
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        return self.preprocess(_open_rgb(self.items[index]))
-
-
-class _WdsImages(torch.utils.data.IterableDataset):
-    def __init__(self, tars: list[Path], preprocess: Callable) -> None:
-        self.tars, self.preprocess = tars, preprocess
-
-    def __iter__(self):
-        for data, label in iter_wds(self.tars):
-            yield self.preprocess(_open_rgb(data)), label
-
-
-def evaluate_checkpoint(
-    checkpoint: Path | str | None,
-    *,
-    model: str | None = None,
-    pretrained: str | None = None,
-    tasks: Sequence[str] | None = None,
-    tasks_file: Path | str | None = None,
-    out: Path | str | None = None,
-    pool: Path | str | None = None,
-    batch_size: int = 256,
-    workers: int = 0,
-    show_progress: bool = False,
-    on_task: Callable[[TaskOutcome], None] | None = None,
-) -> tuple[Path, list[TaskOutcome]]:
-    """Evaluate any checkpoint (a curate checkpoint dir, a weights file, an open_clip tag).
-
-    A run's own checkpoint (``results/<run_id>/checkpoint``) appends to that run's
-    results.jsonl with its run identity; anything else needs ``out`` (default: the
-    checkpoint directory's results.jsonl) and gets a run block without a comparability key.
-    """
-    import json
-
-    from curate.errors import UserInputError
-    from curate.model_loading import load_clip
-    from curate.training.score import RUN_FILE, record_run_block
-    from eval.records import RESULTS_FILE
-    from eval.tasks import load_registry
-
-    checkpoint = Path(checkpoint) if checkpoint is not None else None
-    if checkpoint is not None and not checkpoint.exists():
-        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    run = None
-    if checkpoint is not None and checkpoint.is_dir() and (checkpoint.parent / RUN_FILE).is_file():
-        run = json.loads((checkpoint.parent / RUN_FILE).read_text("utf-8"))
-        pool = pool or (run.get("pool_identity") or {}).get("raw_pool")
-    if out is not None:
-        results_path = Path(out)
-    elif run is not None:
-        results_path = checkpoint.parent / RESULTS_FILE
-    elif checkpoint is not None and checkpoint.is_dir():
-        results_path = checkpoint / RESULTS_FILE
-    else:
-        raise UserInputError("pass --out RESULTS.jsonl: where to write this model's results")
-    registry = load_registry(tasks_file)
-    task_ids = registry.task_ids(list(tasks) if tasks else None)
-    check_task_data(registry, task_ids, pool)  # a missing task fails before loading the model
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    loaded = load_clip(model, pretrained=pretrained, checkpoint=checkpoint, device=device)
-    if run is not None:
-        block = record_run_block(run)
-    else:
-        block = {
-            "run_id": "evaluate-"
-            + str(loaded.identity.get("checkpoint_sha256") or loaded.identity.get("pretrained"))[
-                :16
-            ],
-            "pool": None,
-            "recipe": None,
-            "scale": None,
-            "seed": None,
-            "samples_seen": None,
-            "baseline": False,
-            "comparability_key": None,
-            "config": None,
-        }
-    outcomes = evaluate_tasks(
-        loaded,
-        task_ids,
-        registry,
-        results_path,
-        block,
-        pool=pool,
-        device=device,
-        batch_size=batch_size,
-        workers=workers,
-        show_progress=show_progress,
-        on_task=on_task,
-    )
-    return results_path, outcomes

@@ -20,6 +20,27 @@ from typing import Any
 import numpy as np
 
 RESULTS_FILE = "results.jsonl"
+# the fields of run.json that every result record repeats 
+RECORD_RUN_FIELDS = (
+    "run_id",
+    "pool",
+    "pool_id",
+    "recipe",
+    "scale",
+    "seed",
+    "samples_seen",
+    "baseline",
+    "baseline_family",
+    "comparability_key",
+    "config",
+    "code_version",
+)
+
+
+def run_block(run: dict[str, Any]) -> dict[str, Any]:
+    """The run identity every result record repeats: :data:`RECORD_RUN_FIELDS` of ``run``
+    (a run.json, or the few fields known of a model curate did not train), None where absent."""
+    return {key: run.get(key) for key in RECORD_RUN_FIELDS}
 
 
 def pack_correct(correct: np.ndarray) -> str:

@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curate.errors import UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 
 TASKS_FILE = Path(__file__).resolve().with_name("tasks.yaml")
 DEFAULT_TASK_SET = "default"
@@ -137,7 +137,7 @@ class Registry(_Strict):
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"tasks file {path} does not exist")
+        raise InputNotFoundError(f"tasks file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text("utf-8")) or {}
     except yaml.YAMLError as error:
@@ -185,7 +185,7 @@ def load_registry(tasks_file: Path | str | None = None) -> Registry:
 def resolve_path(path: str, base_dir: str | Path, pool: Path | str | None) -> Path | None:
     """A task's path as a file system path; None when it needs ``{pool}`` and there is none."""
     if path.startswith("demo:"):
-        from curate import demo_data
+        from curate.core import shipped_data as demo_data
 
         return demo_data.path(path.removeprefix("demo:"))
     if "{pool}" in path:
@@ -243,5 +243,5 @@ def resolve_classnames(spec: TaskSpec, base_dir: Path) -> list[str] | None:
 
 def _read_lines(path: Path, what: str) -> list[str]:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {path} does not exist")
+        raise InputNotFoundError(f"{what} file {path} does not exist")
     return [line.strip() for line in path.read_text("utf-8").splitlines() if line.strip()]

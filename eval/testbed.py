@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.errors import UserInputError
-from eval.effective_robustness import LinearFit, fit_logit_line
+from curate.core.errors import UserInputError
+from curate.eval.effective_robustness import LinearFit, fit_logit_line
 
 TESTBED_CSV = Path(__file__).parent / "data" / "imagenet_testbed_accuracies.csv"
 STANDARD = "STANDARD"

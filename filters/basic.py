@@ -6,7 +6,7 @@ ratio (long side / short side) of at most 3. Every threshold is a parameter: the
 32 px images need ``min_side: 0``.
 
 Words are counted as Python's ``str.split()`` counts them and characters as ``len(str)``
-(Unicode code points), as DataComp does. Language: see :mod:`filters.language_id`.
+(Unicode code points), as DataComp does. Language: see :mod:`curate.filters.language_id`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.errors import UserInputError
-from filters.language_id import check_language, identify_languages
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.core.errors import UserInputError
+from curate.filters.language_id import check_language, identify_languages
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 # Python's str.split() separators: Unicode White_Space plus the ASCII separators \x1c-\x1f.
 _WORD = r"[^\s\x1c-\x1f]+"

@@ -11,7 +11,7 @@ pool, turned into a threshold exactly as DataComp's ``baselines/utils.py`` does:
 so a pool with ties at the threshold keeps a little more than ``fraction``. Here the
 ``(n+1)``-th largest score comes from ``np.partition`` (linear time, the same element) while
 the scores number at most :data:`IN_MEMORY_MAX_ROWS`; above that, from a two-pass selection
-over the score column read in blocks (:mod:`curate.streamed_threshold`: a histogram pass,
+over the score column read in blocks (:mod:`curate.filters.clip_score_threshold`: a histogram pass,
 then an exact pass inside the bin that holds the cut), which gives the same element in
 bounded memory.
 Edge cases: ``fraction: 1`` keeps every sample that has a score (DataComp's indexing would
@@ -40,17 +40,17 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.embedding_store import MissingEmbeddingsError, embedding_layout, list_embeddings
-from curate.errors import UserInputError
-from curate.layout import PoolLayout
-from curate.streamed_threshold import (
+from curate.core.embedding_store import MissingEmbeddingsError, embedding_layout, list_embeddings
+from curate.core.errors import UserInputError
+from curate.core.layout import PoolLayout
+from curate.core.uid import halves_to_pairs, sort_pairs, uid_halves
+from curate.filters.clip_score_threshold import (
     BLOCK_ROWS,
     ScoreBlocks,
     array_blocks,
     top_fraction_threshold,
 )
-from curate.uid import halves_to_pairs, sort_pairs, uid_halves
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 IN_MEMORY_MAX_ROWS = 16_000_000
 """Up to this many scores the threshold comes from one ``np.partition`` in memory (about

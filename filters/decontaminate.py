@@ -15,7 +15,7 @@ from pydantic import Field
 
 from curate.dedup.knn import nearest
 from curate.dedup.reference import load_reference_embeddings
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
 class DecontaminateParams(StageParams):

@@ -8,15 +8,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from curate.core.errors import UserInputError
 from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
 from curate.dedup.clustering import kmeans
-from curate.errors import UserInputError
-from filters.registry import StageContext
+from curate.filters.registry import StageContext
 
 
 def embeddings_identity(ctx: StageContext) -> dict[str, Any]:
     """Which embedding set, and which version of its file, a result was computed from."""
-    from curate.embedding_store import embedding_layout, load_embeddings
+    from curate.core.embedding_store import embedding_layout, load_embeddings
 
     name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
     stat = embedding_layout(ctx.pool_root, name).image.stat()
@@ -37,7 +37,7 @@ def clip_scores(ctx: StageContext) -> np.ndarray:
     ``clip_score.parquet`` joined on uid (NaN where a uid has none)."""
     if "clip_score" in ctx.rows.columns:
         return ctx.rows["clip_score"].cast(pl.Float64).to_numpy()
-    from curate.embedding_store import embedding_layout, load_embeddings
+    from curate.core.embedding_store import embedding_layout, load_embeddings
 
     name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
     path = embedding_layout(ctx.pool_root, name).clip_score

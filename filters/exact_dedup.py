@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from curate.errors import UserInputError
-from filters.dedup_inputs import reasons_naming
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.core.errors import UserInputError
+from curate.filters.dedup_inputs import reasons_naming
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
 class ExactDedupParams(StageParams):

@@ -15,8 +15,8 @@ from pydantic import Field
 from curate.dedup.clustering import default_train_sample
 from curate.dedup.image_based import ROWS_PER_CLUSTER, default_n_clusters, image_based_keep
 from curate.dedup.reference import load_reference_embeddings
-from filters.dedup_inputs import cached_kmeans
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.dedup_inputs import cached_kmeans
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
 class ImageBasedParams(StageParams):

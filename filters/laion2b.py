@@ -4,7 +4,7 @@ CLIP score >= 0.28 and an English caption.
 LAION's 0.28 is a cosine similarity of OpenAI's ViT-B/32 (DataComp's
 ``clip_b32_similarity_score``); other models score on other scales, so set ``threshold``
 for the model that made the scores. DataComp detects English with gcld3; curate uses
-langid.py's bundled model (:mod:`filters.language_id`). The score is checked first and the
+langid.py's bundled model (:mod:`curate.filters.language_id`). The score is checked first and the
 language only for the samples that pass it, so a removed sample's reason names the first
 rule it failed.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from filters.basic import LanguageParams, language_keep
-from filters.clip_score import ScoreSourceParams, row_scores, threshold_stage_result
-from filters.registry import StageContext, StageResult, register_stage
+from curate.filters.basic import LanguageParams, language_keep
+from curate.filters.clip_score import ScoreSourceParams, row_scores, threshold_stage_result
+from curate.filters.registry import StageContext, StageResult, register_stage
 
 
 class Laion2bParams(ScoreSourceParams, LanguageParams):

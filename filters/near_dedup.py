@@ -20,13 +20,13 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from curate.core.embedding_store import load_embeddings
 from curate.dedup.cache import cached_arrays
 from curate.dedup.groups import GroupKeep, connected_components, keep_one_per_group, keep_order
 from curate.dedup.knn import Pairs, exact_pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_self_pairs
-from curate.embedding_store import load_embeddings
-from filters.dedup_inputs import clip_scores, reasons_naming, stage_cache_key
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.dedup_inputs import clip_scores, reasons_naming, stage_cache_key
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
 class NearDedupParams(StageParams):

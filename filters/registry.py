@@ -47,7 +47,7 @@ class StageContext:
         return np.asarray(text[self.rows["row"].to_numpy()], dtype=np.float32)
 
     def _embeddings(self) -> Any:
-        from curate.embedding_store import load_embeddings
+        from curate.core.embedding_store import load_embeddings
 
         if "embeddings" not in self._cache:
             self._cache["embeddings"] = load_embeddings(self.pool_root, self.embeddings_name)
@@ -76,26 +76,18 @@ class Stage:
     needs_embeddings: bool
 
 
-STAGES: dict[str, Stage] = {}
+REGISTERED: dict[str, Stage] = {}  # filled as stage modules are imported; read via catalog
 
 
 def register_stage(
     name: str, params_model: type[StageParams], *, needs_embeddings: bool = False
 ) -> Callable[[StageFunction], StageFunction]:
+    """Register a stage function under ``name``; :mod:`curate.filters.catalog` imports it."""
+
     def decorate(function: StageFunction) -> StageFunction:
-        if name in STAGES:
+        if name in REGISTERED:
             raise ValueError(f"stage {name!r} registered twice")
-        STAGES[name] = Stage(name, params_model, function, needs_embeddings)
+        REGISTERED[name] = Stage(name, params_model, function, needs_embeddings)
         return function
 
     return decorate
-
-
-def get_stage(name: str) -> Stage:
-    import filters.stages  # noqa: F401  (registers every stage)
-
-    try:
-        return STAGES[name]
-    except KeyError:
-        known = ", ".join(sorted(STAGES))
-        raise KeyError(f"unknown stage {name!r}; known stages: {known}") from None

@@ -14,8 +14,8 @@ from pydantic import Field
 
 from curate.dedup.clustering import assign
 from curate.dedup.semdedup import RankOrder, semdedup_scores
-from filters.dedup_inputs import cached_kmeans, reasons_naming
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.dedup_inputs import cached_kmeans, reasons_naming
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 ROWS_PER_CLUSTER = 1000
 

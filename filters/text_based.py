@@ -7,7 +7,7 @@ letters, digits and underscores (regex ``\\w+``), and a term matches when its wo
 consecutively among them. So ``cat`` matches "A cat." and "cat-shaped" but not "catalog",
 and ``sports car`` matches "Sports-car" too. With ``plurals: true`` a term's last word also
 matches its regular English plurals (cats, boxes, ponies). Vocabularies: see
-:mod:`filters.vocabulary` (``cifar10``, ``imagenet21k`` or a class-name file's path).
+:mod:`curate.filters.vocabulary` (``cifar10``, ``imagenet21k`` or a class-name file's path).
 
 Captions are tokenised and matched with polars over whole columns: every caption n-gram up
 to the longest term is looked up in the vocabulary by a hash join, so vocabularies of any
@@ -20,10 +20,10 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from filters.basic import LanguageParams, language_keep
-from filters.language_id import check_language
-from filters.registry import StageContext, StageParams, StageResult, register_stage
-from filters.vocabulary import Vocabulary, load_vocabulary, words
+from curate.filters.basic import LanguageParams, language_keep
+from curate.filters.language_id import check_language
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.vocabulary import Vocabulary, load_vocabulary, words
 
 ROWS_PER_CHUNK = 500_000  # captions tokenised at a time (bounds the exploded word table)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.errors import UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 
 VOCAB_DIR = Path(__file__).parent / "vocab"
 WORD = r"\w+"
@@ -52,7 +52,7 @@ def words(text: pl.Expr) -> pl.Expr:
 def _imagenet21k_lines() -> list[str]:
     spec = find_spec("timm")  # locates the package without importing it (and torch)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             "the imagenet21k vocabulary reads timm's class lists: pip install timm"
         )
     info = Path(spec.submodule_search_locations[0]) / "data" / "_info"
@@ -78,7 +78,7 @@ def vocabulary_lines(vocab: str) -> tuple[str, list[str]]:
     shipped = VOCAB_DIR / f"{vocab}.txt"
     path = shipped if "/" not in vocab and shipped.is_file() else Path(vocab).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"vocabulary {vocab!r}: no file {path.resolve()} and no vocabulary of that name "
             f"({', '.join(vocabulary_names())}); give one of those names or a file's path"
         )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import polars as pl
 from pydantic import Field
 
-from curate.errors import UserInputError
-from filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.core.errors import UserInputError
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
 class WhereParams(StageParams):

@@ -1,9 +1,9 @@
-"""Build the demo data shipped in ``curate/demo_data/`` from the shared data folder.
+"""Build the demo data shipped in ``curate/demo/data/`` from the shared data folder.
 
 Deterministic: a fixed seed and a per-class (stratified) draw, so rerunning gives the same
 rows in the same order. Image bytes are copied unchanged (the original JPEG/PNG files).
 
-    python scripts/make_demo_data.py [--data /work/shared/data] [--out curate/demo_data]
+    python scripts/make_demo_data.py [--data /work/shared/data] [--out curate/demo/data]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from curate.atomic import write_parquet
+from curate.core.atomic import write_parquet
 
 SEED = 20240601
 HF_COLUMNS = ["image", "label", "class_name", "source"]
@@ -75,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/work/shared/data"))
     parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "curate" / "demo_data"
+        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "curate" / "demo" / "data"
     )
     args = parser.parse_args()
     tables = build(args.data, args.out)

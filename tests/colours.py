@@ -12,7 +12,7 @@ import polars as pl
 import yaml
 from PIL import Image
 
-from curate.atomic import write_parquet
+from curate.core.atomic import write_parquet
 
 COLOURS = ("red", "green", "blue")
 CAPTION = "a photo of a {} thing"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.atomic import write_json
-from eval.collect import RunResult, TaskResult
-from eval.effective_robustness import inverse_logit, logit
-from eval.records import append_record, pack_correct
+from curate.core.atomic import write_json
+from curate.eval.collect import RunResult, TaskResult
+from curate.eval.effective_robustness import inverse_logit, logit
+from curate.eval.records import append_record, pack_correct
 
 ID_TASK = "cifar10-test"
 SHIFT_TASK = "cinic10-imagenet"
@@ -130,7 +130,7 @@ def run_result(
     with_bits: bool = True,
     pool: str = "pool-a",
 ) -> RunResult:
-    """A run held in memory (as eval.collect.load_run would return it) from correctness vectors."""
+    """A run held in memory (as curate.eval.collect.load_run would return it) from correctness vectors."""
     tasks = {
         task: TaskResult(
             task=task,

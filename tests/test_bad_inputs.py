@@ -6,7 +6,7 @@ and never a file written anywhere but the expected output.
 The corpus is generated in ``tmp_path``. Starting a Python process that imports the CLI
 costs 2-4 s here, so instead of one process per case every case runs in ONE separate
 process (``_DRIVER`` below) that calls the console script's entry point
-``cli.main.main()`` with each case's argv, exactly as ``curate ...`` would, and captures
+``curate.cli.main.main()`` with each case's argv, exactly as ``curate ...`` would, and captures
 its exit status, stdout and stderr. Any exception escaping ``main()`` is printed as the
 interpreter would (a "Traceback"), which fails the case.
 """
@@ -29,15 +29,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pool import Pool
-from curate.pool_writer import PoolWriter, SourceSample
+from curate.core.pool import Pool
+from curate.core.pool_writer import PoolWriter, SourceSample
 from tests.conftest import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 
 _DRIVER = r"""
 import contextlib, io, json, sys, traceback
-import cli.main
+import curate.cli.main
 results = []
 for argv in json.load(sys.stdin):
     out, err = io.StringIO(), io.StringIO()
@@ -45,7 +45,7 @@ for argv in json.load(sys.stdin):
     code = 0
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            cli.main.main()
+            curate.cli.main.main()
         except SystemExit as exit_:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         except BaseException:
@@ -492,7 +492,7 @@ CASES = [
 ]
 
 XFAIL: dict[str, str] = {}
-LOCK_FILES = {".out.lock"}  # curate.atomic.exclusive_lock's lock file stays (it is empty)
+LOCK_FILES = {".out.lock"}  # curate.core.atomic.exclusive_lock's lock file stays (it is empty)
 
 
 # -- running the corpus --------------------------------------------------------------------------

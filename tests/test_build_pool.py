@@ -20,16 +20,18 @@ import pytest
 import webdataset as wds
 from typer.testing import CliRunner
 
-import cli.build_pool  # noqa: F401  (registers the commands)
-from cli.app import app
-from curate.atomic import InUseError, exclusive_lock, staging_dir_for
-from curate.build_pool import build_pool
-from curate.ground_truth import ground_truth_report
-from curate.pool import Pool
-from curate.pool_writer import PoolWriter, SourceSample
-from curate.recipe import RecipeError, parse_recipe
-from curate.subset import open_subset
-from filters.registry import STAGES, StageParams, StageResult, register_stage
+import curate.cli.build_pool  # noqa: F401  (registers the commands)
+from curate.build_pool.build import build_pool
+from curate.build_pool.ground_truth import ground_truth_report
+from curate.build_pool.recipe import RecipeError, parse_recipe
+from curate.cli.app import app
+from curate.core.atomic import exclusive_lock, staging_dir_for
+from curate.core.candidate_pool import open_subset
+from curate.core.errors import InUseError
+from curate.core.pool import Pool
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.filters.catalog import STAGES
+from curate.filters.registry import StageParams, StageResult, register_stage
 from tests.conftest import make_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -265,7 +267,7 @@ def test_resume_after_sigkill_of_the_cli_and_lock(pool_dir, tmp_path):
     recipe_path.write_text(RECIPE.replace("bp_caption_word\n    params: {word: spam}", "bp_slow"))
     out = tmp_path / "subset"
     code = (
-        "import sys, tests.test_build_pool; from cli.main import main; "
+        "import sys, tests.test_build_pool; from curate.cli.main import main; "
         "sys.argv = ['curate', *sys.argv[1:]]; main()"
     )
     command = [sys.executable, "-c", code, "build-pool", str(recipe_path),

@@ -1,4 +1,4 @@
-"""decisions.parquet streamed from the per-stage files (curate.decisions) against the table the
+"""decisions.parquet streamed from the per-stage files (curate.build_pool.decisions) against the table the
 old code built in memory and wrote with ``pyarrow.parquet.write_table`` (the reference,
 byte for byte), and build-pool's ground-truth report against a brute-force count."""
 
@@ -14,21 +14,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import curate.decisions
-from curate.build_pool import build_pool
-from curate.decisions import StageDecisions, write_decisions
-from curate.pool import Pool
-from curate.pool_writer import PoolWriter, SourceSample
-from curate.recipe import parse_recipe
-from curate.uid import make_uid
-from filters.registry import (
-    STAGES,
-    StageContext,
-    StageParams,
-    StageResult,
-    get_stage,
-    register_stage,
-)
+import curate.build_pool.decisions
+from curate.build_pool.build import build_pool
+from curate.build_pool.decisions import StageDecisions, write_decisions
+from curate.build_pool.recipe import parse_recipe
+from curate.core.pool import Pool
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.core.uid import make_uid
+from curate.filters.catalog import STAGES, get_stage
+from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 from tests.conftest import make_image_bytes
 
 
@@ -72,7 +66,7 @@ def _stage_frame(rng: np.random.Generator, rows: np.ndarray, scored: bool) -> pl
 def test_streamed_row_groups_equal_the_in_memory_table(tmp_path, monkeypatch, sizes):
     """Several row groups, read batches that straddle them, a stage that saw no rows, a stage
     name used twice; and a table with no rows at all."""
-    monkeypatch.setattr(curate.decisions, "READ_BATCH_ROWS", 700)
+    monkeypatch.setattr(curate.build_pool.decisions, "READ_BATCH_ROWS", 700)
     rng = np.random.default_rng(5)
     pool_rows = max(sizes)
     uids = pl.Series("uid", [make_uid(str(i)) for i in range(pool_rows)], dtype=pl.String)

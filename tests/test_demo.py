@@ -6,8 +6,8 @@ import json
 
 import polars as pl
 
-from curate.demo import run_demo
-from curate.subset import open_subset
+from curate.core.candidate_pool import open_subset
+from curate.demo.run import run_demo
 
 
 def test_demo_smoke_runs_the_whole_loop_and_resumes(tmp_path):
@@ -50,7 +50,7 @@ def test_full_profile_shape_second_family_views_and_digits_world(tmp_path):
 
     import duckdb
 
-    from curate.demo import PROFILES, DigitsWorld
+    from curate.demo.run import PROFILES, DigitsWorld
 
     profile = replace(
         PROFILES["smoke"],

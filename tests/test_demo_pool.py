@@ -14,12 +14,12 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from cli.main import app
-from curate.demo_captions import CLASS_SYNONYMS
-from curate.demo_pool import NoiseRates, build_demo_pool, plan_demo_pool
-from curate.errors import UserInputError
-from curate.layout import PoolLayout
-from curate.pool import Pool
+from curate.cli.main import app
+from curate.core.errors import UserInputError
+from curate.core.layout import PoolLayout
+from curate.core.pool import Pool
+from curate.demo.captions import CLASS_SYNONYMS
+from curate.demo.pool import NoiseRates, build_demo_pool, plan_demo_pool
 
 SIZE = 200
 HOLDOUT = 40

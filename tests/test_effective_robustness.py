@@ -12,8 +12,8 @@ import pytest
 from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, run_result
 from scipy import stats
 
-from curate.errors import UserInputError
-from eval.effective_robustness import (
+from curate.core.errors import UserInputError
+from curate.eval.effective_robustness import (
     ACCURACY_EPS,
     effective_robustness,
     fit_logit_line,
@@ -22,8 +22,8 @@ from eval.effective_robustness import (
     logit,
     multi_id_effective_robustness,
 )
-from eval.er_uncertainty import er_difference, estimate_er
-from eval.testbed import TESTBED_CSV, TESTBED_SHIFTS, fit_testbed
+from curate.eval.er_uncertainty import er_difference, estimate_er
+from curate.eval.testbed import TESTBED_CSV, TESTBED_SHIFTS, fit_testbed
 
 
 def test_logit_matches_formula_and_is_finite_at_0_and_1():
@@ -246,7 +246,7 @@ def test_difference_between_pools_is_significant_only_when_it_is_real():
 
 
 def test_multi_id_estimate_uses_pool_holdout_as_second_id_set():
-    from eval.er_uncertainty import estimate_multi_id_er
+    from curate.eval.er_uncertainty import estimate_multi_id_er
 
     rng = np.random.default_rng(5)
     n = 2000
@@ -281,7 +281,7 @@ def test_multi_id_fit_refuses_an_exact_or_degenerate_plane():
 def test_single_id_line_uses_only_id_only_baselines_and_the_plane_uses_every_family():
     """A second baseline family (models on the pool's own distribution) exists for the
     multi-ID plane; it lies on another line and must not bend the single-ID fit."""
-    from eval.baselines import tiny_baseline_fit, tiny_baseline_plane
+    from curate.eval.baselines import tiny_baseline_fit, tiny_baseline_plane
 
     rng = np.random.default_rng(6)
     n = 3000

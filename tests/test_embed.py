@@ -24,17 +24,17 @@ from PIL import Image
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-import cli.main
-import curate.embedding
-from cli.app import app
-from curate.embedding import embed_pool
-from curate.embedding_store import load_embeddings
-from curate.errors import UserInputError
-from curate.manifest import read_manifest
-from curate.model_loading import ArchitectureMismatchError, load_clip
-from curate.models import register_curate_models
-from curate.pool import Pool
-from curate.pool_writer import PoolWriter, SourceSample
+import curate.cli.main
+import curate.embed.pool_embeddings
+from curate.cli.app import app
+from curate.core.embedding_store import load_embeddings
+from curate.core.errors import UserInputError
+from curate.core.manifest import read_manifest
+from curate.core.pool import Pool
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.embed.pool_embeddings import embed_pool
+from curate.models.configs import register_curate_models
+from curate.models.loading import ArchitectureMismatchError, load_clip
 from tests.conftest import make_image_bytes
 
 ARCH = "curate-tiny-vit-p4"
@@ -173,7 +173,7 @@ def test_resume_after_crash_skips_finished_shards(setup, monkeypatch):
         loaded.model.visual.register_forward_hook(count_forward)
         return loaded
 
-    monkeypatch.setattr(curate.embedding, "load_clip", observed_load_clip)
+    monkeypatch.setattr(curate.embed.pool_embeddings, "load_clip", observed_load_clip)
     run = dict(
         arch=ARCH,
         checkpoint=root / "checkpoint",
@@ -250,7 +250,7 @@ def test_metadata_only_pool_is_a_one_line_cli_error(setup, tmp_path, monkeypatch
         "sys.argv", ["curate", "embed", str(pool), "--checkpoint", str(root / "checkpoint")]
     )
     with pytest.raises(SystemExit) as exit_info:
-        cli.main.main()
+        curate.cli.main.main()
     assert exit_info.value.code == 2
     message = capsys.readouterr().err
     assert "metadata-only pool" in message and "curate download" in message

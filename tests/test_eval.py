@@ -16,16 +16,17 @@ import torch
 import yaml
 from PIL import Image
 
-from curate.atomic import write_parquet
-from curate.errors import UserInputError
-from curate.model_loading import LoadedClip
-from curate.models import register_curate_models
-from eval.datasets import iter_wds, load_task_data
-from eval.evaluate import evaluate_tasks
-from eval.records import read_records, unpack_correct
-from eval.retrieval import retrieval_metrics
-from eval.tasks import load_registry
-from eval.zeroshot import class_embeddings, classify, mean_per_class_recall
+from curate.core.atomic import write_parquet
+from curate.core.errors import UserInputError
+from curate.core.image_tables import iter_wds
+from curate.eval.datasets import load_task_data
+from curate.eval.evaluate import evaluate_tasks
+from curate.eval.records import read_records, unpack_correct
+from curate.eval.retrieval import retrieval_metrics
+from curate.eval.tasks import load_registry
+from curate.eval.zeroshot import class_embeddings, classify, mean_per_class_recall
+from curate.models.configs import register_curate_models
+from curate.models.loading import LoadedClip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

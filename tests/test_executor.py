@@ -23,19 +23,19 @@ import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
-import cli.main
+import curate.cli.main
 import curate.ingest.hf_parquet
-from cli.app import app
-from curate.atomic import staging_dir_for
-from curate.build_pool import build_pool
-from curate.embedding import embed_pool
-from curate.errors import UserInputError
-from curate.executor import Executor, LocalExecutor, RayExecutor, make_executor
+from curate.build_pool.build import build_pool
+from curate.build_pool.recipe import parse_recipe
+from curate.cli.app import app
+from curate.core.atomic import staging_dir_for
+from curate.core.errors import UserInputError
+from curate.core.executor import Executor, LocalExecutor, RayExecutor, make_executor
+from curate.core.pool import Pool
+from curate.core.uid import make_uid
+from curate.embed.pool_embeddings import embed_pool
 from curate.ingest import ingest
-from curate.models import register_curate_models
-from curate.pool import Pool
-from curate.recipe import parse_recipe
-from curate.uid import make_uid
+from curate.models.configs import register_curate_models
 from tests.conftest import make_image_bytes
 
 # when a file was made or how long a step took: the only fields allowed to differ
@@ -341,7 +341,7 @@ def test_cli_rejects_a_bad_executor_in_one_line(inputs, monkeypatch, capsys, opt
     monkeypatch.setattr("sys.argv", ["curate", "ingest", str(inputs / "i2d"), "--out", str(out),
                                      *options])  # fmt: skip
     with pytest.raises(SystemExit) as exit_info:
-        cli.main.main()
+        curate.cli.main.main()
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error

@@ -28,7 +28,7 @@ from typing import TypeVar
 import pytest
 import yaml
 
-from curate.atomic import staging_dir_for, write_json
+from curate.core.atomic import staging_dir_for, write_json
 from curate.training.scales import SCALES_FILE
 from tests.conftest import make_image_bytes
 
@@ -76,8 +76,8 @@ def work(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from curate.demo_pool import build_demo_pool
-    from curate.models import register_curate_models
+    from curate.demo.pool import build_demo_pool
+    from curate.models.configs import register_curate_models
 
     root = tmp_path_factory.mktemp("faults")
     build_demo_pool(root / "pool", size=80, holdout_size=10, samples_per_shard=10)
@@ -127,7 +127,7 @@ def _score_args(work: Path, pool: Path) -> list[str]:
 def _curate(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "curate.cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
@@ -166,7 +166,7 @@ def _assert_refused(second: subprocess.CompletedProcess, target: Path) -> None:
 def test_embed_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_set(
     work, one_torch_thread
 ):
-    from curate.embedding import embed_pool
+    from curate.embed.pool_embeddings import embed_pool
 
     embed_params = dict(arch="curate-tiny-vit-p4", name=SET_NAME, batch_size=10,
                         pretrained=str(work / "weights.safetensors"), workers=0,
@@ -198,8 +198,8 @@ def test_embed_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_set
 def test_score_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_model(
     work, one_torch_thread
 ):
-    from curate.atomic import InUseError
-    from curate.training.score import TRAIN_STATE, score
+    from curate.core.errors import InUseError
+    from curate.runs.score import TRAIN_STATE, score
 
     reference = _fresh_pool(work, "score-reference")
     score(reference / "pool", scale_name=SCALE, scales_file=work / "scales.yaml",
@@ -234,7 +234,7 @@ def test_score_second_writer_is_refused_and_a_killed_run_resumes_to_the_same_mod
 def test_a_resumed_pool_is_published_without_the_temporaries_of_the_killed_run(tmp_path):
     """A kill during an atomic write (here progress.json's) leaves ``.NAME.tmp-PID`` in the
     staging pool: the run that resumes it must not publish that file."""
-    from curate.pool_writer import PoolWriter, SourceSample
+    from curate.core.pool_writer import PoolWriter, SourceSample
 
     samples = [SourceSample(source="test", where=f"row {i}", text=f"caption {i}",
                             image=make_image_bytes(i)) for i in range(6)]  # fmt: skip
@@ -267,8 +267,8 @@ def test_score_killed_between_its_final_checkpoint_and_summary_trains_again(work
     """``train_state.pt`` is removed once the final checkpoint is written, before score records
     the loss curve and the training summary: the rerun of a run killed in between trains again
     instead of recording a run without them (and drops the killed run's write temporaries)."""
-    from curate.training.score import RUN_FILE, TRAIN_CURVE, score
-    from eval.records import RESULTS_FILE
+    from curate.eval.records import RESULTS_FILE
+    from curate.runs.score import RUN_FILE, TRAIN_CURVE, score
 
     run_root = _fresh_pool(work, "score-summary")
     pool = run_root / "pool"

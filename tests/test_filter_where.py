@@ -2,8 +2,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.errors import UserInputError
-from filters.registry import StageContext, get_stage
+from curate.core.errors import UserInputError
+from curate.filters.catalog import get_stage
+from curate.filters.registry import StageContext
 
 
 def _run(rows: pl.DataFrame, keep: str, tmp_path):

@@ -13,14 +13,15 @@ import polars as pl
 import pytest
 
 import curate.dedup.semdedup as semdedup_module
+from curate.core.errors import UserInputError
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.groups import connected_components, keep_one_per_group, keep_order
 from curate.dedup.image_based import image_based_keep
 from curate.dedup.knn import Pairs, exact_pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.semdedup import semdedup_scores
 from curate.dedup.synthetic import planted_near_duplicates
-from curate.errors import UserInputError
-from filters.registry import StageContext, get_stage
+from curate.filters.catalog import get_stage
+from curate.filters.registry import StageContext
 
 THRESHOLD = 0.95
 N, DIM = 1500, 64
@@ -322,10 +323,10 @@ def test_decontaminate_matches_brute_force(planted, tmp_path):
 def test_every_faiss_stage_runs_in_a_recipe(tmp_path):
     """A tiny real pool (duplicate image bytes included) with an embedding set: one recipe
     runs all five stages; the decisions name each removal's stage, reason and score."""
-    from curate.build_pool import build_pool
-    from curate.pool import Pool
-    from curate.pool_writer import PoolWriter, SourceSample
-    from curate.recipe import parse_recipe
+    from curate.build_pool.build import build_pool
+    from curate.build_pool.recipe import parse_recipe
+    from curate.core.pool import Pool
+    from curate.core.pool_writer import PoolWriter, SourceSample
     from tests.conftest import make_image_bytes
 
     n = 60

@@ -13,14 +13,15 @@ import pytest
 from langid.langid import LanguageIdentifier, model
 from pydantic import ValidationError
 
-from curate.demo_data import CIFAR10_CLASSES
-from curate.errors import UserInputError
-from curate.uid import make_uid
-from filters.clip_score import datacomp_threshold, select_by_clip_score
-from filters.language_id import LANGUAGES, identify_languages, langid_model
-from filters.registry import StageContext, get_stage
-from filters.text_based import matching_class
-from filters.vocabulary import load_vocabulary, vocabulary_lines
+from curate.core.errors import UserInputError
+from curate.core.shipped_data import CIFAR10_CLASSES
+from curate.core.uid import make_uid
+from curate.filters.catalog import get_stage
+from curate.filters.clip_score import datacomp_threshold, select_by_clip_score
+from curate.filters.language_id import LANGUAGES, identify_languages, langid_model
+from curate.filters.registry import StageContext
+from curate.filters.text_based import matching_class
+from curate.filters.vocabulary import load_vocabulary, vocabulary_lines
 
 CAPTIONS = [
     "a photo of a cat sitting on a red mat",

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.embedding_store import list_embeddings, load_embeddings
+from curate.core.embedding_store import list_embeddings, load_embeddings
+from curate.core.pool import Pool
+from curate.core.pool_writer import IngestError
+from curate.core.uid import make_uid
 from curate.ingest import detect_format, ingest
-from curate.pool import Pool
-from curate.pool_writer import IngestError
-from curate.uid import make_uid
 
 
 def _unit(rng, rows, dim):

@@ -9,12 +9,12 @@ import threading
 import polars as pl
 import pytest
 
-from curate.download import DownloadSettings, download
-from curate.errors import UserInputError
+from curate.core.errors import UserInputError
+from curate.core.manifest import Manifest, produced_by
+from curate.core.pool import Pool
+from curate.core.uid import make_uid
 from curate.ingest import ingest
-from curate.manifest import Manifest, produced_by
-from curate.pool import Pool
-from curate.uid import make_uid
+from curate.ingest.download import DownloadSettings, download
 from tests.conftest import make_image_bytes
 
 GOOD, CORRUPT, MISSING = 24, 3, 3

@@ -13,14 +13,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.atomic import staging_dir_for
-from curate.embedding_store import load_embeddings
+from curate.core.atomic import staging_dir_for
+from curate.core.embedding_store import load_embeddings
+from curate.core.errors import NotAPoolError
+from curate.core.pool import Pool
+from curate.core.uid import make_uid
 from curate.ingest import ingest, load_source
 from curate.ingest.base import IngestOptions
 from curate.ingest.run import write_pool
-from curate.manifest import NotAPoolError
-from curate.pool import Pool
-from curate.uid import make_uid
 from tests.conftest import make_image_bytes
 
 ROWS, PER_SHARD, BLOCK_AT = 70, 10, 50
@@ -61,7 +61,7 @@ def test_killed_ingest_leaves_no_pool_and_resumes(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "cli.main",
+        "curate.cli.main",
         "ingest",
         str(source),
         "--out",

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
+from curate.core.pool import Pool
+from curate.core.pool_writer import IngestError
 from curate.ingest import detect_format, ingest, ingest_hf_dataset
 from curate.ingest.base import IngestOptions
-from curate.pool import Pool
-from curate.pool_writer import IngestError
 from tests.conftest import make_image_bytes
 
 CLASSES = ["cat", "dog", "ship"]
@@ -172,11 +172,11 @@ def test_hf_imagefolder_dataset_reads_image_paths(tmp_path):
     loaded = datasets.load_dataset(
         "imagefolder", data_dir=str(folder), split="train", cache_dir=str(tmp_path / "cache")
     )
-    result = ingest_hf_dataset(
-        loaded,
-        tmp_path / "pool",
-        options=IngestOptions(caption_template="a photo of a {class_name}"),
-    )
+    options = IngestOptions(caption_template="a photo of a {class_name}")
+    refused = ingest_hf_dataset(loaded, tmp_path / "no-root", options=options)
+    assert refused.report["accepted"] == 0  # no folder named: its paths are not read
+    assert refused.report["skipped_by_reason"] == {"image path outside the source folder": 2}
+    result = ingest_hf_dataset(loaded, tmp_path / "pool", options=options, image_root=folder)
     samples = Pool.open(tmp_path / "pool").samples().sort("text")
     assert result.report["accepted"] == 2
     assert samples["text"].to_list() == ["a photo of a cat", "a photo of a dog"]

@@ -11,11 +11,13 @@ from PIL import Image
 from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, on_line, write_baselines, write_run
 from typer.testing import CliRunner
 
-import cli.results  # noqa: F401  (registers the commands tested here)
-from cli.app import app
-from curate.errors import UserInputError
-from curate.leaderboard import DATABASE_FILE, build_leaderboard, rich_tables
-from eval.plots import percent_ticks, plot_results
+import curate.cli.results  # noqa: F401  (registers the commands tested here)
+from curate.cli.app import app
+from curate.cli.leaderboard_view import rich_tables
+from curate.core.errors import UserInputError
+from curate.leaderboard.build import build_leaderboard
+from curate.leaderboard.tables import DATABASE_FILE
+from curate.report.plots import percent_ticks, plot_results
 
 SLOPE, INTERCEPT = 0.8, -0.6
 
@@ -47,7 +49,7 @@ def scored(tmp_path):
 
 def _independent_er(run_dir_accuracies, baselines_root):
     """ER by np.polyfit on the baseline records' own acc1 values (a separate computation)."""
-    from eval.records import read_records
+    from curate.eval.records import read_records
 
     points = {}
     for path in sorted(baselines_root.glob("results/*/results.jsonl")):

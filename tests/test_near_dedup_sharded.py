@@ -14,7 +14,7 @@ from curate.dedup.groups import connected_components, keep_one_per_group, keep_o
 from curate.dedup.knn import plan_index, self_pairs
 from curate.dedup.sharded import shard_bounds, sharded_self_pairs
 from curate.dedup.synthetic import planted_near_duplicates
-from filters.registry import get_stage
+from curate.filters.catalog import get_stage
 from tests.test_filters_faiss import make_context, run_stage
 
 THRESHOLD = 0.95

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 import webdataset as wds
 
-from curate.atomic import InUseError, exclusive_lock, staging_dir_for
-from curate.manifest import NotAPoolError
-from curate.pool import Pool
-from curate.pool_writer import PoolWriter, Skip, SourceSample
+from curate.core.atomic import exclusive_lock, staging_dir_for
+from curate.core.errors import InUseError, NotAPoolError
+from curate.core.pool import Pool
+from curate.core.pool_writer import PoolWriter, Skip, SourceSample
 from tests.conftest import make_image_bytes
 
 

@@ -5,8 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.recipe import RecipeError, load_recipe, parse_recipe, resolve_recipe, shipped_recipes
-from filters.registry import STAGES, StageParams, StageResult, register_stage
+from curate.build_pool.recipe import (
+    RecipeError,
+    load_recipe,
+    parse_recipe,
+    resolve_recipe,
+    shipped_recipes,
+)
+from curate.filters.catalog import STAGES
+from curate.filters.registry import StageParams, StageResult, register_stage
 
 
 class _ThresholdParams(StageParams):

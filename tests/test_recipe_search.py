@@ -11,14 +11,14 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-import cli.main  # noqa: F401  (registers the commands)
-from cli.app import app
-from curate.errors import UserInputError
-from curate.pool_writer import PoolWriter, SourceSample
-from curate.recipe import RecipeError, load_recipe, parse_recipe
+import curate.cli.main  # noqa: F401  (registers the commands)
+from curate.build_pool.recipe import RecipeError, load_recipe, parse_recipe
+from curate.cli.app import app
+from curate.core.errors import UserInputError
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.eval.records import read_records
 from curate.recipe_search import parse_values, recipe_variant, search_recipe, variant_name
-from curate.training.baseline import run_baselines
-from eval.records import read_records
+from curate.runs.baseline import run_baselines
 from tests.colours import COLOURS, coloured_image, labelled_parquet, write_colours_tasks
 
 POOL_ROWS = 90

@@ -18,15 +18,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import cli.commands  # noqa: F401  (registers every command, report included)
-from cli.app import app
-from curate.build_pool import build_pool
-from curate.errors import UserInputError
-from curate.pool_writer import PoolWriter, SourceSample
-from curate.recipe import parse_recipe
+import curate.cli.commands  # noqa: F401  (registers every command, report included)
+from curate.build_pool.build import build_pool
+from curate.build_pool.recipe import parse_recipe
+from curate.cli.app import app
+from curate.core.errors import UserInputError
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.eval.collect import collect_runs
+from curate.eval.effective_robustness import fit_logit_line
 from curate.report.build import build_report
-from eval.collect import collect_runs
-from eval.effective_robustness import fit_logit_line
 from tests.conftest import make_image_bytes
 from tests.result_records import (
     ID_TASK,

@@ -15,14 +15,14 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from curate.atomic import write_json, write_parquet
-from curate.demo_pool import build_demo_pool
-from curate.errors import UserInputError
-from curate.info import collect_info
-from curate.layout import PoolLayout, SubsetLayout
-from curate.manifest import Manifest, NotAPoolError
-from curate.sql import PoolCatalog, ReadOnlyError, find_pools, output_format, write_result
+from curate.cli.main import app
+from curate.core.atomic import write_json, write_parquet
+from curate.core.errors import NotAPoolError, UserInputError
+from curate.core.layout import PoolLayout, SubsetLayout
+from curate.core.manifest import Manifest
+from curate.demo.pool import build_demo_pool
+from curate.sql.info import collect_info
+from curate.sql.query import PoolCatalog, ReadOnlyError, find_pools, output_format, write_result
 
 SIZE = 80
 

@@ -13,14 +13,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import filters.clip_score as clip_score_module
-from curate.streamed_threshold import array_blocks, top_fraction_threshold
-from filters.clip_score import (
+import curate.filters.clip_score as clip_score_module
+from curate.filters.clip_score import (
     datacomp_threshold,
     parquet_score_blocks,
     passes,
     select_by_clip_score,
 )
+from curate.filters.clip_score_threshold import array_blocks, top_fraction_threshold
 from tests.test_filters_metadata import datacomp_keep, make_pool, run_stage
 
 

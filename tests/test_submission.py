@@ -14,13 +14,13 @@ import pytest
 from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, on_line, write_baselines, write_run
 from typer.testing import CliRunner
 
-import cli.results  # noqa: F401  (registers the commands tested here)
-from cli.app import app
-from curate.errors import UserInputError
-from curate.manifest import Manifest, produced_by
+import curate.cli.results  # noqa: F401  (registers the commands tested here)
+from curate.cli.app import app
+from curate.core.errors import UserInputError
+from curate.core.manifest import Manifest, produced_by
+from curate.core.uid import load_subset, make_uid, save_subset
+from curate.eval.records import pack_correct, read_records, unpack_correct
 from curate.submission import CHECKSUMS_FILE, BundleError, create_bundle, verify_bundle
-from curate.uid import load_subset, make_uid, save_subset
-from eval.records import pack_correct, read_records, unpack_correct
 
 SLOPE, INTERCEPT = 0.8, -0.6
 

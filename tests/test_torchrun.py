@@ -3,7 +3,7 @@
 The command is the documented one (cli/score.py, curate/training/loop.py) with
 ``python -m torch.distributed.run`` standing for ``torchrun`` so that it works in any venv::
 
-    torchrun --standalone --nproc_per_node 2 -m cli.main score POOL --scale tiny-test
+    torchrun --standalone --nproc_per_node 2 -m curate.cli.main score POOL --scale tiny-test
 
 Reference computation: the loop splits each global batch over the processes (rank r takes
 the r-th slice, augmented with a generator seeded by (seed, step, r)), gathers the features
@@ -37,8 +37,8 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from curate.atomic import write_parquet
-from curate.pool_writer import PoolWriter, SourceSample
+from curate.core.atomic import write_parquet
+from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.training.batches import SampleOrder, make_batches
 from curate.training.data import open_training_set
 from curate.training.loop import adamw, create_model
@@ -101,7 +101,7 @@ def launched(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "cli.main", "score", str(pool), "--scale", "tiny-test", "--seed", str(SEED),
+        "-m", "curate.cli.main", "score", str(pool), "--scale", "tiny-test", "--seed", str(SEED),
         "--tasks", "colours", "--tasks-file", str(tasks_file),
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

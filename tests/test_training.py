@@ -17,21 +17,21 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-import cli.main  # noqa: F401  (registers the commands)
-from cli.app import app
-from curate.atomic import write_parquet
-from curate.errors import UserInputError
-from curate.manifest import Manifest
-from curate.model_loading import load_clip
-from curate.pool_writer import PoolWriter, SourceSample
-from curate.training.baseline import ensure_baseline_pool, run_baselines
+import curate.cli.main  # noqa: F401  (registers the commands)
+from curate.cli.app import app
+from curate.core.atomic import write_parquet
+from curate.core.errors import UserInputError
+from curate.core.manifest import Manifest
+from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.eval.records import read_records, unpack_correct
+from curate.models.loading import load_clip
+from curate.runs.baseline import ensure_baseline_pool, run_baselines
+from curate.runs.score import comparability_key, score
 from curate.training.batches import Augmentation, SampleOrder
 from curate.training.data import open_training_set
 from curate.training.loop import train_clip
 from curate.training.scales import get_scale, load_scales
-from curate.training.score import comparability_key, score
 from curate.training.train_filter import train_filter
-from eval.records import read_records, unpack_correct
 from tests.colours import COLOURS, coloured_image, labelled_parquet, write_colours_tasks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -283,7 +283,7 @@ def test_score_end_to_end_records_rerun_and_evaluate(data):
     assert [o.status for o in again.tasks] == ["skipped (finished)"] * 2
     assert len(read_records(result.run_dir / "results.jsonl")) == 2
 
-    cli = CliRunner().invoke(
+    evaluated = CliRunner().invoke(
         app,
         [
             "evaluate",
@@ -296,7 +296,7 @@ def test_score_end_to_end_records_rerun_and_evaluate(data):
             str(tasks_file),
         ],
     )
-    assert cli.exit_code == 0, cli.output
+    assert evaluated.exit_code == 0, evaluated.output
     records = read_records(result.run_dir / "results.jsonl")
     assert [r["dataset"] for r in records] == ["colours", "colours-shift", "colours-retrieval"]
     assert (
@@ -326,7 +326,7 @@ def test_subset_trains_on_kept_samples_only(data, tmp_path):
     assert training_set.identity["pool_id"] == hashlib.sha256("\n".join(kept).encode()).hexdigest()
     rows = pl.read_parquet(pool / "samples.parquet").filter(pl.col("uid").is_in(kept))
     images = dict(training_set.images.iter_bytes())
-    from curate.pool import Pool
+    from curate.core.pool import Pool
 
     assert [images[i] for i in range(3)] == Pool.open(pool).read_images(rows[:3])
     assert [training_set.images.read(i) for i in range(3)] == Pool.open(pool).read_images(rows[:3])

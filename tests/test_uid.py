@@ -2,7 +2,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from curate.uid import (
+from curate.core.uid import (
     SUBSET_DTYPE,
     load_subset,
     make_uid,

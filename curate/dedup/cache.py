@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from curate.atomic import atomic_path
+from curate.core.atomic import atomic_path
 
 
 def cache_key(**parts: Any) -> str:

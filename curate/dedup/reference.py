@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curate.errors import UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 
 NORM_TOLERANCE = 1e-2  # float16 storage moves norms by ~1e-3
 
@@ -21,7 +21,7 @@ def load_reference_embeddings(path: Path, dim: int, field: str) -> np.ndarray:
     path = Path(path).expanduser()
     file = path / "image.npy" if path.is_dir() else path
     if not file.is_file():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{field}: {file} does not exist; give a .npy of image embeddings made with the "
             "pool's embedding model (`curate embed` writes one)"
         )

@@ -73,7 +73,7 @@ FORMATS: dict[str, SourceFormat] = {
 
 def load_source(name: str) -> ModuleType:
     """The module implementing a format; an unknown name is an error listing the known ones."""
-    from curate.pool_writer import IngestError
+    from curate.core.pool_writer import IngestError
 
     if name not in FORMATS:
         raise IngestError(f"unknown format {name!r}; choose one of: {', '.join(FORMATS)}")

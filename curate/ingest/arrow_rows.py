@@ -16,8 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate.ingest.base import IngestOptions, caption_column, check_template
-from curate.pool_writer import IngestError, Skip, SourceSample
+from curate.core.pool_writer import IngestError, Skip, SourceSample
+from curate.ingest.base import IngestOptions, caption_column, check_template, read_image_file
 
 IMAGE_COLUMN_NAMES = ("image", "img", "jpg", "png", "webp")
 
@@ -103,6 +103,7 @@ class ArrowLayout:
     caption: str | None
     template: str | None
     class_names: dict[str, list[str]]
+    allow_outside_paths: bool = False
 
     @classmethod
     def resolve(
@@ -125,7 +126,11 @@ class ArrowLayout:
         if options.caption_template is not None and caption is None:
             check_template(options.caption_template, columns + derived, where)
         return cls(
-            image, caption, options.caption_template if caption is None else None, class_names
+            image,
+            caption,
+            options.caption_template if caption is None else None,
+            class_names,
+            options.allow_outside_paths,
         )
 
     def samples(
@@ -155,12 +160,10 @@ class ArrowLayout:
         if isinstance(cell, Mapping):
             image = cell.get("bytes")
             if image is None and cell.get("path"):
-                path = Path(cell["path"])
-                path = path if path.is_absolute() or image_root is None else image_root / path
-                try:
-                    image = path.read_bytes()
-                except OSError as error:
-                    return Skip(where, f"unreadable image file: {path} ({error.strerror})")
+                read = read_image_file(image_root, cell["path"], where, self.allow_outside_paths)
+                if isinstance(read, Skip):
+                    return read
+                image = read
         else:
             image = cell
         if self.caption is not None:

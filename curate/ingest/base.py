@@ -1,6 +1,6 @@
 """What every ingest source hands to the driver (:mod:`curate.ingest.run`).
 
-An image source yields :class:`~curate.pool_writer.SourceSample` / ``Skip`` items one by one
+An image source yields :class:`~curate.core.pool_writer.SourceSample` / ``Skip`` items one by one
 (each image must be decoded anyway); a metadata source (no images) yields whole tables so
 that millions of rows are validated and written by column.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from curate.pool_writer import IngestError, PartEmbeddings, Skip, SourceSample
+from curate.core.pool_writer import IngestError, PartEmbeddings, Skip, SourceSample
 
 CAPTION_COLUMNS = ("caption", "text", "txt")
 
@@ -26,6 +26,8 @@ class IngestOptions:
     image_column: str | None = None  # default: the column holding image bytes
     captions_file: Path | None = None  # image folder: the CSV/JSONL with file + caption
     split: str | None = None  # a saved DatasetDict: which split
+    # image paths named by an input may leave its folder (absolute, "..", symlinks out)
+    allow_outside_paths: bool = False
 
     def record(self) -> dict[str, Any]:
         """The options that were set, JSON-ready (recorded in the manifest)."""
@@ -117,3 +119,30 @@ def check_template(template: str, columns: list[str], where: str) -> None:
             f"{where}: --caption-template uses column(s) {', '.join(missing)} that the input "
             f"does not have; columns are: {', '.join(columns)}"
         )
+
+
+OUTSIDE_SOURCE = "image path outside the source folder"
+
+
+def read_image_file(
+    root: Path | None, name: str, where: str, allow_outside: bool = False
+) -> bytes | Skip:
+    """The bytes of an image file an input names (relative to the input's folder ``root``).
+
+    A pool is often shared or published, so an input must not pull in files from elsewhere
+    on the machine: a path that resolves outside ``root`` (absolute, a ``..`` escape, a
+    symlink out) is refused as a counted skip unless ``allow_outside``
+    (``--allow-outside-paths``).
+    """
+    path = Path(name)
+    if root is not None and not path.is_absolute():
+        path = root / path
+    if not allow_outside:
+        resolved = path.resolve()  # follows symlinks: a link out of the folder is outside too
+        if root is None or not resolved.is_relative_to(root.resolve()):
+            return Skip(where, f"{OUTSIDE_SOURCE}: {name} (pass --allow-outside-paths to read it)")
+        path = resolved
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        return Skip(where, f"unreadable image file: {path} ({error.strerror})")

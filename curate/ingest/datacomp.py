@@ -20,8 +20,8 @@ import polars as pl
 import pyarrow.parquet as pq
 from numpy.lib import format as npy_format
 
+from curate.core.pool_writer import IngestError, PartEmbeddings
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
-from curate.pool_writer import IngestError, PartEmbeddings
 
 REQUIRED_COLUMNS = ("uid", "url", "text")
 RENAMED = {"original_width": "width", "original_height": "height"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.errors import UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 
 DATASETS_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 DATACOMP_COLUMNS = {"uid", "url", "text"}
@@ -41,7 +41,7 @@ def detect_format(path: Path) -> str:
     """``img2dataset``, ``hf-parquet``, ``hf-disk``, ``image-folder`` or ``datacomp``."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise InputNotFoundError(f"{path} does not exist")
     if path.is_file():
         if path.suffix == ".parquet":
             return _parquet_format(path)

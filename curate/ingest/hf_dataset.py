@@ -10,19 +10,28 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from curate.core.pool_writer import IngestError
 from curate.ingest.arrow_rows import ArrowLayout
 from curate.ingest.base import ImageItems, IngestOptions
-from curate.pool_writer import IngestError
 
 BATCH_ROWS = 256
 
 
-def dataset_items(dataset: Any, options: IngestOptions, *, source: str, where: str) -> ImageItems:
-    """Items of a ``datasets.Dataset``; ``where`` names it in messages."""
+def dataset_items(
+    dataset: Any,
+    options: IngestOptions,
+    *,
+    source: str,
+    where: str,
+    image_root: Path | None = None,
+) -> ImageItems:
+    """Items of a ``datasets.Dataset``; ``where`` names it in messages; image paths resolve
+    only inside ``image_root`` (see :func:`curate.ingest.base.read_image_file`)."""
     features = dataset.features.to_dict()
     layout = ArrowLayout.resolve(dataset.data.schema, features, options, where)
     batches = dataset.with_format("arrow").iter(batch_size=BATCH_ROWS)
-    return ImageItems(items=layout.samples(batches, source=source, where=where), total=len(dataset))
+    items = layout.samples(batches, source=source, where=where, image_root=image_root)
+    return ImageItems(items=items, total=len(dataset))
 
 
 def read(path: Path, options: IngestOptions) -> ImageItems:
@@ -46,8 +55,12 @@ def read(path: Path, options: IngestOptions) -> ImageItems:
         else:
             split = options.split
         return dataset_items(
-            loaded[split], options, source=f"{path.name}/{split}", where=f"{path.name}[{split}]"
+            loaded[split],
+            options,
+            source=f"{path.name}/{split}",
+            where=f"{path.name}[{split}]",
+            image_root=path,
         )
     if options.split is not None:
         raise IngestError(f"{path}: is a single Dataset without splits; drop --split")
-    return dataset_items(loaded, options, source=path.name, where=path.name)
+    return dataset_items(loaded, options, source=path.name, where=path.name, image_root=path)

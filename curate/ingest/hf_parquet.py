@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.core.pool_writer import IngestError, Skip, SourceSample
 from curate.ingest.arrow_rows import ArrowLayout, parquet_features
 from curate.ingest.base import ImageItems, IngestOptions, ItemsPart
-from curate.pool_writer import IngestError, Skip, SourceSample
 
 BATCH_ROWS = 256
 PART_ROWS = 2048

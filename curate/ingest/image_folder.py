@@ -14,8 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from curate.ingest.base import ImageItems, IngestOptions, caption_column, check_template
-from curate.pool_writer import IngestError, Skip, SourceSample
+from curate.core.errors import InputNotFoundError
+from curate.core.pool_writer import IngestError, Skip, SourceSample
+from curate.ingest.base import (
+    ImageItems,
+    IngestOptions,
+    caption_column,
+    check_template,
+    read_image_file,
+)
 
 FILE_COLUMNS = ("file", "path", "file_name", "filename", "image")
 TABLE_SUFFIXES = (".csv", ".jsonl")
@@ -97,7 +104,7 @@ def _count_rows(path: Path) -> int:
 def read(path: Path, options: IngestOptions) -> ImageItems:
     captions = find_captions(path, options)
     if not captions.is_file():
-        raise FileNotFoundError(f"captions table {captions} not found")
+        raise InputNotFoundError(f"captions table {captions} not found")
     if captions.suffix not in TABLE_SUFFIXES:
         raise IngestError(f"{captions}: expected a .csv or .jsonl captions table")
     columns, rows = (_csv_rows if captions.suffix == ".csv" else _jsonl_rows)(captions)
@@ -113,19 +120,30 @@ def read(path: Path, options: IngestOptions) -> ImageItems:
     if options.caption_template is not None and text_column is None:
         check_template(options.caption_template, columns, str(captions))
     source = path.name if path.is_dir() else captions.parent.name
-    items = _items(rows, captions, file_column, text_column, options.caption_template, source)
+    root = path if path.is_dir() else captions.parent  # image files resolve inside this folder
+    items = _items(
+        rows,
+        captions,
+        root,
+        file_column,
+        text_column,
+        options.caption_template,
+        source,
+        options.allow_outside_paths,
+    )
     return ImageItems(items=items, total=_count_rows(captions))
 
 
 def _items(
     rows: Iterator[dict[str, Any] | str],
     captions: Path,
+    root: Path,
     file_column: str,
     text_column: str | None,
     template: str | None,
     source: str,
+    allow_outside: bool,
 ) -> Iterator[SourceSample | Skip]:
-    root = captions.parent
     for index, row in enumerate(rows):
         where = f"{captions.name} row {index}"
         if isinstance(row, str):
@@ -136,11 +154,9 @@ def _items(
             yield Skip(where, f"missing image file name (column {file_column!r})")
             continue
         where = f"{where} ({name})"
-        file = Path(name) if Path(name).is_absolute() else root / name
-        try:
-            image = file.read_bytes()
-        except OSError as error:
-            yield Skip(where, f"unreadable image file: {file} ({error.strerror})")
+        image = read_image_file(root, name, where, allow_outside)
+        if isinstance(image, Skip):
+            yield image
             continue
         if text_column is not None:
             text = _decoded(row.get(text_column))

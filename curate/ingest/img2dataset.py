@@ -20,10 +20,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.core.images import IMAGE_EXTENSIONS
+from curate.core.pool_writer import IngestError, Skip, SourceSample
 from curate.ingest.base import ImageItems, IngestOptions, ItemsPart
-from curate.pool_writer import IngestError, Skip, SourceSample
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 # img2dataset's bookkeeping columns; the pool computes its own size, hash and key.
 NOT_EXTRAS = ("key", "status", "error_message", "caption", "width", "height", "sha256", "uid")
 
@@ -122,10 +122,21 @@ def _tar_samples(
     """Samples of one tar in file order; ``expected`` = its successful parquet rows by key."""
     kept, last_key = 0, None
     try:
-        for key, members in _groups(tar):
+        for key, members, conflict in _groups(tar):
+            if conflict is not None:
+                yield Skip(f"{tar.name} key {key}", f"key conflict: {conflict}")
+                if members is None:
+                    continue
+            assert members is not None
             row = expected.pop(key, None) if expected is not None else None
             yield _sample(tar, source, key, members, row)
             kept, last_key = kept + 1, key
+    except MissingEndOfArchive as error:
+        yield Skip(
+            str(tar),
+            f"possibly truncated tar: {error} ({kept} samples kept; a copy or download may have "
+            "stopped early, so check the file against its source)",
+        )
     except (tarfile.TarError, EOFError, OSError) as error:
         after = f"after key {last_key}" if last_key else "from its start"
         lost = f", {len(expected)} listed downloads lost" if expected else ""
@@ -148,36 +159,67 @@ def _member_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), extension.lower()
 
 
-def _groups(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample, streaming; a damaged tar raises where it breaks."""
+class MissingEndOfArchive(tarfile.TarError):
+    """The archive stops at a member boundary without tar's end-of-archive blocks."""
+
+
+# Samples handed out by _groups: (key, members or None when nothing of it is kept, conflict)
+Group = tuple[str, dict[str, bytes] | None, str | None]
+
+
+def _groups(tar: Path) -> Iterator[Group]:
+    """(key, {extension: bytes}, conflict) per sample, streaming; a damaged tar raises where
+    it breaks. A key met again later in the tar, or a member repeated with other bytes, is a
+    conflict: the first is kept and the later one reported (never a silent overwrite)."""
+    seen: set[str] = set()
     with tarfile.open(tar, mode="r|") as archive:
         key: str | None = None
         members: dict[str, bytes] = {}
+        conflicts: list[str] = []
         for member in archive:
             if not member.isfile():
                 continue
             member_key, extension = _member_key(member.name)
             if member_key != key:  # the previous sample is complete: hand it out first
                 if key is not None:
-                    yield key, members
-                key, members = member_key, {}
+                    yield from _finished(key, members, conflicts, seen)
+                key, members, conflicts = member_key, {}, []
             handle = archive.extractfile(member)
             assert handle is not None
-            members[extension] = handle.read()
+            data = handle.read()
+            if extension in members and members[extension] != data:
+                conflicts.append(f"member {member.name} repeated with other bytes; first kept")
+            else:
+                members.setdefault(extension, data)
         if key is not None:
-            yield key, members
+            yield from _finished(key, members, conflicts, seen)
         end = archive.offset
     _check_end(tar, end)
 
 
+def _finished(key: str, members: dict[str, bytes], conflicts: list[str], seen: set[str]):
+    if key in seen:
+        yield key, None, f"key {key} appears again later in the tar; its first sample is kept"
+        return
+    seen.add(key)
+    yield key, members, "; ".join(conflicts) or None
+
+
 def _check_end(tar: Path, end: int) -> None:
     """tarfile's stream mode stops quietly at a damaged header after the first one: what
-    follows the last member must be the zero blocks that end an archive."""
+    follows the last member must be the zero blocks that end an archive (at least two of
+    512 bytes, POSIX), and nothing but zeros."""
+    zeros = 0
     with open(tar, "rb") as handle:
         handle.seek(end)
         while chunk := handle.read(1 << 20):
             if chunk.count(0) != len(chunk):
-                raise tarfile.ReadError(f"invalid member header at byte {end}")
+                raise tarfile.ReadError(f"invalid member header at byte {end + zeros}")
+            zeros += len(chunk)
+    if zeros < 2 * tarfile.BLOCKSIZE:
+        raise MissingEndOfArchive(
+            f"it ends at byte {end + zeros} without tar's end-of-archive blocks"
+        )
 
 
 def _sample(

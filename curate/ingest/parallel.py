@@ -1,6 +1,6 @@
 """Parallel ingest of an image source that lists its parts (``ImageItems.parts``).
 
-Two passes, both run on an :mod:`~curate.executor`, both writing files that depend only on
+Two passes, both run on an :mod:`~curate.core.executor`, both writing files that depend only on
 the input:
 
 1. **validate**, one task per source part (an input tar, a block of parquet rows): every
@@ -11,7 +11,7 @@ the input:
 2. **write**, one task per output shard: the parent drops the uids an earlier part already
    had (the first one is kept, as the sequential writer keeps it), numbers the samples in
    input order, and each task reads samples ``i*S .. (i+1)*S - 1`` from the part files and
-   writes shard ``i`` with :func:`~curate.pool_writer.write_shard`.
+   writes shard ``i`` with :func:`~curate.core.pool_writer.write_shard`.
 
 So the pool is byte for byte the one the sequential writer makes (shards, keys,
 samples.parquet, ingest_report.json), whichever executor ran and however the input was
@@ -36,11 +36,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.atomic import atomic_path, write_json
-from curate.executor import Executor
-from curate.images import ImageInfo
-from curate.ingest.base import ImageItems, ItemsPart
-from curate.pool_writer import (
+from curate.core.atomic import atomic_path, write_json
+from curate.core.executor import Executor
+from curate.core.images import ImageInfo
+from curate.core.pool_writer import (
     MAX_SKIP_EXAMPLES,
     PoolWriter,
     Skip,
@@ -48,7 +47,8 @@ from curate.pool_writer import (
     validate_sample,
     write_shard,
 )
-from curate.progress import progress_bar
+from curate.core.progress import progress_bar
+from curate.ingest.base import ImageItems, ItemsPart
 
 PARTS_DIR = "parts"
 ROW_GROUP = 256  # samples per row group of a part file: a shard task reads only its groups

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.executor import Executor
+from curate.core.errors import InputNotFoundError
+from curate.core.executor import Executor
+from curate.core.pool_writer import PoolWriter
+from curate.core.progress import progress_bar
 from curate.ingest import load_source
 from curate.ingest.base import ImageItems, IngestOptions, MetadataParts
 from curate.ingest.detect import detect_format
 from curate.ingest.hf_dataset import dataset_items
-from curate.pool_writer import PoolWriter
-from curate.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def ingest(
     source, out = Path(source), Path(out)
     options = options or IngestOptions()
     if not source.exists():
-        raise FileNotFoundError(f"{source} does not exist")
+        raise InputNotFoundError(f"{source} does not exist")
     fmt = format or detect_format(source)
     reader = load_source(fmt).read(source, options)
     record = {"type": fmt, "path": str(source.resolve()), **options.record()}
@@ -80,13 +81,21 @@ def ingest_hf_dataset(
     samples_per_shard: int = 10_000,
     overwrite: bool = False,
     show_progress: bool = False,
+    image_root: Path | str | None = None,
 ) -> IngestResult:
     """Make a pool from a ``datasets.Dataset`` object (e.g. loaded from local parquet files
-    or an image folder with ``HF_DATASETS_OFFLINE=1``)."""
+    or an image folder with ``HF_DATASETS_OFFLINE=1``).
+
+    Images the dataset holds only as file paths (an image folder loaded lazily) are read
+    only inside ``image_root`` (the folder the dataset was loaded from), unless
+    ``options.allow_outside_paths``."""
     out = Path(out)
     options = options or IngestOptions()
     label = name or out.name
-    reader = dataset_items(dataset, options, source=label, where=f"dataset {label}")
+    root = Path(image_root) if image_root is not None else None
+    reader = dataset_items(
+        dataset, options, source=label, where=f"dataset {label}", image_root=root
+    )
     record = {
         "type": "hf-dataset",
         "fingerprint": getattr(dataset, "_fingerprint", None),

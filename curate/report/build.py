@@ -17,16 +17,18 @@ from pathlib import Path
 
 import polars as pl
 
-from curate.atomic import (
+from curate.build_pool.ground_truth import NOISE_COLUMN
+from curate.core.atomic import (
     exclusive_lock,
     publish_directory,
     staging_dir_for,
     write_text,
 )
-from curate.errors import UserInputError
-from curate.ground_truth import NOISE_COLUMN
-from curate.manifest import code_version
-from curate.pool import Pool
+from curate.core.candidate_pool import Subset
+from curate.core.errors import OutputExistsError, UserInputError
+from curate.core.manifest import code_version
+from curate.core.pool import Pool
+from curate.eval.collect import collect_runs
 from curate.report.candidates import (
     ROW,
     CandidateView,
@@ -39,8 +41,6 @@ from curate.report.discover import discover
 from curate.report.html import render_page
 from curate.report.images import read_thumbnails
 from curate.report.results import ResultsView, describe_code_version, results_view
-from curate.subset import Subset
-from eval.collect import collect_runs
 
 INDEX = "index.html"
 DEFAULT_OUT = "report"
@@ -140,7 +140,7 @@ def build_report(
         raise UserInputError(f"--samples must be 0 or more, not {samples_per_group}")
     with exclusive_lock(out):
         if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
         step(f"looking for pools, candidate pools and results under {runs_dir}")
         found = discover(runs_dir)
         runs = collect_runs([runs_dir])

@@ -16,10 +16,10 @@ from typing import Any
 
 import polars as pl
 
-from curate.build_pool import GROUND_TRUTH
-from curate.ground_truth import CLEAN, NOISE_COLUMN, NOISY, ground_truth_report
-from curate.pool import Pool
-from curate.subset import Subset
+from curate.build_pool.build import GROUND_TRUTH
+from curate.build_pool.ground_truth import CLEAN, NOISE_COLUMN, NOISY, ground_truth_report
+from curate.core.candidate_pool import Subset
+from curate.core.pool import Pool
 
 ROW = "row"
 TOP_REASONS = 3

@@ -6,10 +6,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from curate.layout import MANIFEST
-from curate.manifest import NotAPoolError, read_manifest
-from curate.pool import Pool
-from curate.subset import Subset, open_subset
+from curate.core.candidate_pool import Subset, open_subset
+from curate.core.errors import InputNotFoundError, NotAPoolError
+from curate.core.layout import MANIFEST
+from curate.core.manifest import read_manifest
+from curate.core.pool import Pool
 
 # Folders inside a pool or candidate pool that never hold another one.
 _NOT_POOLS = {"shards", "embeddings", "results", "checkpoint"}
@@ -39,7 +40,7 @@ def discover(root: Path) -> Discovered:
     """Open every pool and candidate pool under ``root``; what cannot be opened is reported."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"{root} does not exist or is not a folder; pass the folder that holds your pools, "
             "candidate pools and results"
         )

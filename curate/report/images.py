@@ -12,7 +12,7 @@ import io
 
 import polars as pl
 
-from curate.pool import Pool
+from curate.core.pool import Pool
 
 THUMBNAIL_SIDE = 160  # pixels; larger images are shrunk to fit this box
 MIME_TYPES = {

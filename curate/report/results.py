@@ -3,7 +3,7 @@ every ER with its interval and whether that interval excludes 0, the baseline ru
 the ID-vs-OOD plots, and the exact training configuration of each setup.
 
 The numbers come from :mod:`curate.leaderboard` (grouping, seed aggregation, bootstrap) and
-the plots from :mod:`eval.plots`; this module only arranges them for the page.
+the plots from :mod:`curate.report.plots`; this module only arranges them for the page.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curate.er_pairs import PairDifference
-from curate.leaderboard import GroupSummary, Leaderboard, ShiftSummary, summarize
+from curate.eval.collect import RunResult
+from curate.leaderboard.groups import GroupSummary, ShiftSummary
+from curate.leaderboard.model import Leaderboard, summarize
+from curate.leaderboard.pairs import PairDifference
 from curate.report.images import data_uri
-from eval.collect import RunResult
-from eval.plots import leaderboard_plots, write_plots
+from curate.report.plots import leaderboard_plots, write_plots
 
 PLOTS_DIR = "plots"
 

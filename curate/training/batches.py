@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from curate.core.progress import progress_bar
 from curate.training.data import ImageBytes, TrainingSet
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # images (B, 3, S, S) float, tokens (B, context)
@@ -159,17 +160,11 @@ def decode_image_cache(
     images: ImageBytes, image_size: int, show_progress: bool = False
 ) -> torch.Tensor:
     """Every image decoded once: uint8 (N, 3, S, S) (12k images at 32 px: 37 MB)."""
-    from rich.progress import track
-
     cache = np.empty((len(images), image_size, image_size, 3), dtype=np.uint8)
-    for row, data in track(
-        images.iter_bytes(),
-        total=len(images),
-        description="decoding images",
-        disable=not show_progress,
-        transient=True,
-    ):
-        cache[row] = decode_to_array(data, image_size)
+    with progress_bar(len(images), "decoding images", show_progress, unit="images") as advance:
+        for row, data in images.iter_bytes():
+            cache[row] = decode_to_array(data, image_size)
+            advance(1)
     return torch.from_numpy(cache).permute(0, 3, 1, 2).contiguous()
 
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from curate.atomic import atomic_path, write_json
-from curate.model_loading import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS
+from curate.core.atomic import atomic_path, write_json
+from curate.models.loading import CHECKPOINT_CONFIG, CHECKPOINT_WEIGHTS
 
 OPEN_CLIP_CONFIG = "open_clip_config.json"
 

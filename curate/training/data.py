@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 import polars as pl
 
-from curate.errors import UserInputError
-from curate.manifest import read_manifest
-
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
+from curate.core.errors import InputNotFoundError, UserInputError
+from curate.core.image_tables import read_image_parquet
+from curate.core.images import IMAGE_EXTENSIONS
+from curate.core.manifest import read_manifest
 
 
 class ImageBytes(Protocol):
@@ -96,7 +96,7 @@ class ShardImages:
                     found += 1
                     yield row, handle.read()
             if found != len(rows):
-                raise FileNotFoundError(
+                raise InputNotFoundError(
                     f"{self.root / shard}: {len(rows) - found} images listed in samples.parquet "
                     "are missing from the shard; the pool is damaged, rebuild it"
                 )
@@ -121,7 +121,7 @@ class ShardImages:
         missing = np.flatnonzero(offsets[:, 0] < 0)
         if missing.size:
             row = int(missing[0])
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{self.root / self.shards[row]}: image {self.keys[row]} listed in "
                 "samples.parquet is missing from the shard; the pool is damaged, rebuild it"
             )
@@ -162,7 +162,7 @@ def open_training_set(path: Path | str) -> TrainingSet:
     root = Path(path).resolve()
     manifest = read_manifest(root)
     if manifest.kind == "subset":
-        from curate.subset import open_subset
+        from curate.core.candidate_pool import open_subset
 
         subset = open_subset(root)
         rows = subset.samples(columns=["uid", "text", "shard", "key"])
@@ -182,7 +182,7 @@ def open_training_set(path: Path | str) -> TrainingSet:
         # the raw pool, whose holdout.parquet is the pool-holdout task of its subsets
         identity["raw_pool"] = identity["parent_pool"]["path"]
     else:
-        from curate.pool import Pool
+        from curate.core.pool import Pool
 
         pool = Pool.open(root)
         rows = pool.samples(columns=["uid", "text", "shard", "key"])
@@ -235,35 +235,6 @@ def labelled_parquet_training_set(
     return TrainingSet(texts, InlineImages(table["image_bytes"].to_list()), identity)
 
 
-def read_image_parquet(
-    path: Path, columns: Sequence[str], row_filter: str | None = None
-) -> pl.DataFrame:
-    """An HF-image-layout parquet: ``image_bytes`` plus the named columns, optionally filtered
-    by a SQL condition such as ``split = 'test'``."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image parquet {path} does not exist")
-    frame = pl.scan_parquet(path)
-    schema = frame.collect_schema()
-    needed = ["image", *columns]
-    missing = [c for c in needed if c not in schema]
-    if missing:
-        raise UserInputError(
-            f"{path}: missing column(s) {', '.join(missing)} (expected the Hugging Face image "
-            f"layout: image {{bytes, path}}, plus {', '.join(columns) or 'nothing else'})"
-        )
-    if row_filter:
-        try:
-            frame = frame.filter(pl.sql_expr(row_filter))
-        except Exception as error:  # polars raises several types for a bad SQL expression
-            raise UserInputError(f"{path}: bad row filter {row_filter!r} ({error})") from None
-    image = pl.col("image")
-    if schema["image"] != pl.Binary:
-        image = image.struct.field("bytes")
-    table = frame.select(image.alias("image_bytes"), *columns).collect()
-    if table["image_bytes"].null_count():
-        row = table["image_bytes"].is_null().arg_true()[0]
-        raise UserInputError(f"{path}: row {row} (after the filter) has no image bytes")
-    return table
 
 
 def _identity(root: Path, manifest: Any, uids: pl.Series) -> dict[str, Any]:

@@ -13,7 +13,7 @@ process group (nccl on GPU, gloo on CPU) and wraps the model in DistributedDataP
 the scale's batch size is the global batch, split evenly over the processes, so a run
 sees the same samples in the same global order on any number of GPUs. One node, 8 GPUs::
 
-    torchrun --nproc_per_node 8 -m cli.main score POOL --scale small --seed 0
+    torchrun --nproc_per_node 8 -m curate.cli.main score POOL --scale small --seed 0
 
 (several nodes: add ``--nnodes N --node_rank R --rdzv_backend c10d --rdzv_endpoint HOST:PORT``).
 Rank 0 writes the checkpoints and run.json and evaluates once training ends.
@@ -36,7 +36,8 @@ from typing import Any
 
 import torch
 
-from curate.errors import UserInputError
+from curate.core.errors import UserInputError
+from curate.core.progress import progress_bar
 from curate.training.batches import SampleOrder, make_batches
 from curate.training.checkpoint import load_train_state, save_model_checkpoint, save_train_state
 from curate.training.data import TrainingSet
@@ -131,7 +132,7 @@ def create_model(scale: Scale, device: torch.device) -> tuple[torch.nn.Module, A
     """(model, open_clip train transform, tokenizer) for a scale, randomly initialised."""
     import open_clip
 
-    from curate.models import register_curate_models
+    from curate.models.configs import register_curate_models
 
     register_curate_models()
     config = open_clip.get_model_config(scale.arch)
@@ -251,7 +252,12 @@ def train_clip(
 
     model.train()
     started = time.perf_counter()
-    with _Progress(show_progress and dist.is_main, scale, start_step) as advance:
+    with progress_bar(
+        scale.steps * scale.batch_size,
+        "training",
+        show_progress and dist.is_main,
+        completed=start_step * scale.batch_size,
+    ) as advance:
         for step, (images, texts) in enumerate(
             batches.iterate(start_step, scale.steps), start=start_step
         ):
@@ -275,7 +281,7 @@ def train_clip(
             done = step + 1
             if done % scale.checkpoint_every == 0 and done < scale.steps:
                 save_state(done)
-            advance(done, losses[-1], time.perf_counter() - started)
+            advance(scale.batch_size, f"loss {losses[-1]:.3f}")
             if on_step is not None:
                 on_step(done, losses[-1])
     seconds = time.perf_counter() - started
@@ -304,43 +310,3 @@ def train_clip(
 def _barrier(dist: Distributed) -> None:
     if dist.world_size > 1:
         torch.distributed.barrier()
-
-
-class _Progress:
-    """A rich progress bar with samples/s and the loss, or nothing."""
-
-    def __init__(self, enabled: bool, scale: Scale, start_step: int) -> None:
-        self.enabled, self.scale, self.start_step = enabled, scale, start_step
-
-    def __enter__(self) -> Callable[[int, float, float], None]:
-        if not self.enabled:
-            return lambda done, loss, elapsed: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self.bar = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps  {task.fields[rate]} samples/s  loss {task.fields[loss]}"),
-            TimeRemainingColumn(),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task(
-            "train", total=self.scale.steps, completed=self.start_step, rate="-", loss="-"
-        )
-
-        def advance(done: int, loss: float, elapsed: float) -> None:
-            rate = (done - self.start_step) * self.scale.batch_size / max(elapsed, 1e-9)
-            self.bar.update(task, completed=done, rate=f"{rate:,.0f}", loss=f"{loss:.3f}")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)

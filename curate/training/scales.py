@@ -1,6 +1,7 @@
 """Training scales: the fixed compute budgets of `curate score`, read from a YAML file.
 
-A scale is data (``curate/scales.yaml``, or a user file passed as ``--scales-file``), checked
+A scale is data (``curate/training/scales.yaml``, or a user file passed as
+``--scales-file``), checked
 field by field on load so that a typo fails before any training starts.
 """
 
@@ -13,13 +14,13 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curate.errors import UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 
-SCALES_FILE = Path(__file__).resolve().parents[1] / "scales.yaml"
+SCALES_FILE = Path(__file__).resolve().with_name("scales.yaml")
 
 
 class Scale(BaseModel):
-    """One training budget and recipe (see the comments at the top of ``curate/scales.yaml``)."""
+    """One training budget and recipe (see the comments at the top of ``curate/training/scales.yaml``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -67,7 +68,7 @@ def load_scales(path: Path | str | None = None) -> dict[str, Scale]:
     """Every scale in a scales file (the shipped one by default), validated."""
     path = Path(path) if path is not None else SCALES_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"scales file {path} does not exist")
+        raise InputNotFoundError(f"scales file {path} does not exist")
     try:
         raw = yaml.safe_load(path.read_text("utf-8"))
     except UnicodeDecodeError as error:

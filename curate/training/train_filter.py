@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from curate.atomic import exclusive_lock, publish_directory, staging_dir_for, write_json
-from curate.manifest import code_version
+from curate.core.atomic import exclusive_lock, publish_directory, staging_dir_for, write_json
+from curate.core.errors import OutputExistsError
+from curate.core.manifest import code_version
 from curate.training.checkpoint import is_complete_checkpoint
 from curate.training.data import TrainingSet, labelled_parquet_training_set, open_training_set
 from curate.training.scales import get_scale
@@ -30,7 +31,7 @@ def trusted_training_set(
     """A pool / candidate pool directory, or a labelled parquet (a path or ``demo:NAME``)."""
     text = str(trusted)
     if text.startswith("demo:"):
-        from curate import demo_data
+        from curate.core import shipped_data as demo_data
 
         path = demo_data.path(text.removeprefix("demo:"))
     else:
@@ -66,7 +67,7 @@ def train_filter(
     staging = staging_dir_for(out)
     with exclusive_lock(out):
         if out.exists() and not overwrite:
-            raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
         info = {
             "trained_on": training_set.identity,
             "scale": scale_name,

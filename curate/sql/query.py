@@ -1,0 +1,473 @@
+"""Read-only SQL over pools and candidate pools (DuckDB).
+
+Every table a pool directory holds becomes one view, unioned over all the pools given, with
+a first column ``pool`` naming the pool each row comes from (its directory name, or its path
+relative to the parent folder that was searched)::
+
+    pools          one row per pool: kind, name, path, sample_count, parent, recipe, manifest
+    samples        samples.parquet (a candidate pool: its own, else the parent pool's kept rows)
+    embeddings     one row per embedding set: name, model, dim, rows, has_text, meta (JSON)
+    clip_scores    embeddings/*/clip_score.parquet, with the set's name in ``embedding``
+    decisions      decisions.parquet of candidate pools (one row per sample and stage)
+    stages         stages.parquet of candidate pools (per stage: in, out, seconds)
+    kept           uids.parquet of candidate pools (the kept uids)
+    results        every results/<run_id>/results.jsonl record, with ``run_id``
+    ingest_report  ingest_report.json: accepted, skipped, skipped_by_reason, skip_examples
+
+A view exists only when at least one pool has its file.
+
+Read-only, enforced twice: only SELECT-like statements pass (DuckDB's own parser classifies
+each one: SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN of those), and the
+connection itself cannot touch the file system: the files are handed to DuckDB as Arrow
+datasets, then ``enable_external_access`` is switched off, Python replacement scans are
+switched off and the configuration is locked, so COPY ... TO, ATTACH, INSTALL/LOAD,
+read_csv('/any/file') and SET fail inside DuckDB even if a statement got past the first check.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from curate.core.errors import InputNotFoundError, NotAPoolError, UserInputError
+from curate.core.layout import MANIFEST, PoolLayout, SubsetLayout
+from curate.core.manifest import Manifest, read_manifest
+
+SEARCH_DEPTH = 4
+_NOT_POOL_DIRS = {"shards", "embeddings", "results"}
+ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT}
+_EXPLAIN = re.compile(r"^\s*EXPLAIN(?:\s+ANALY[SZ]E)?\s+(.*)$", re.IGNORECASE | re.DOTALL)
+
+VIEW_DESCRIPTIONS = {
+    "pools": "one row per pool or candidate pool (kind, name, path, sample_count, parent)",
+    "samples": "one row per sample (a candidate pool: its kept samples)",
+    "embeddings": "one row per embedding set (name, model, dim, rows)",
+    "clip_scores": "uid, clip_score per embedding set (column embedding)",
+    "decisions": "candidate pools: one row per sample and stage (kept/removed, reason)",
+    "stages": "candidate pools: per stage in/out counts and seconds",
+    "kept": "candidate pools: the kept uids",
+    "results": "scoring results, one record per run and task (column run_id)",
+    "ingest_report": "what ingestion accepted and skipped, and why",
+}
+
+
+class ReadOnlyError(UserInputError):
+    """A statement that would change something: curate sql only reads."""
+
+
+@dataclass(frozen=True)
+class PoolDir:
+    label: str  # the value of the ``pool`` column
+    root: Path
+    manifest: Manifest
+
+    @property
+    def is_subset(self) -> bool:
+        return self.manifest.kind == "subset"
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    statement: str
+    frame: pl.DataFrame
+    truncated: bool  # more rows exist than ``frame`` holds
+
+
+# -- finding pools ------------------------------------------------------------------------
+def _manifest_dirs(parent: Path, depth: int) -> Iterable[Path]:
+    if (parent / MANIFEST).is_file():
+        yield parent
+        return
+    if depth == 0:
+        return
+    for child in sorted(p for p in parent.iterdir() if p.is_dir()):
+        if not child.name.startswith(".") and child.name not in _NOT_POOL_DIRS:
+            yield from _manifest_dirs(child, depth - 1)
+
+
+def find_pools(paths: Sequence[Path | str]) -> list[PoolDir]:
+    """The pools and candidate pools at ``paths``: each path is one, or a folder holding some
+    (searched up to ``SEARCH_DEPTH`` levels deep, not inside a pool)."""
+    found: list[tuple[str, Path]] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise InputNotFoundError(f"{path} does not exist or is not a directory")
+        roots = list(_manifest_dirs(path, SEARCH_DEPTH))
+        if not roots:
+            raise NotAPoolError(
+                f"{path} holds no pool or candidate pool ({MANIFEST} neither there nor in its "
+                f"subfolders up to {SEARCH_DEPTH} levels); make one with `curate demo-pool`, "
+                "`curate ingest` or `curate build-pool`"
+            )
+        for root in roots:
+            label = path.resolve().name if root == path else root.relative_to(path).as_posix()
+            found.append((label, root.resolve()))
+    unique = {root: label for label, root in reversed(found)}  # same dir given twice: once
+    labels = [label for label in unique.values()]
+    pools = []
+    for root, label in reversed(list(unique.items())):
+        name = label if labels.count(label) == 1 else str(root)
+        pools.append(PoolDir(name, root, read_manifest(root)))
+    return pools
+
+
+# -- the catalog ----------------------------------------------------------------------------
+@dataclass
+class _Sources:
+    """Per view name, the (pool label, Arrow data) parts to union."""
+
+    parts: dict[str, list[tuple[str, Any]]] = field(default_factory=dict)
+
+    def add(self, view: str, label: str, data: Any) -> None:
+        self.parts.setdefault(view, []).append((label, data))
+
+
+def _dataset(path: Path) -> ds.Dataset | None:
+    return ds.dataset(path, format="parquet") if path.is_file() else None
+
+
+def _read_json_files(files: list[Path], **options: str) -> pa.Table:
+    """Several JSON files as one Arrow table, columns unioned by name, ``_file`` per row.
+
+    Rows DuckDB could not parse (``ignore_errors``: the torn last line a killed run leaves in
+    a results file) come back all-null and are dropped.
+    """
+    connection = duckdb.connect()
+    try:
+        paths = ", ".join(_sql_string(str(f)) for f in files)
+        extra = "".join(f", {key}={value}" for key, value in options.items())
+        query = f"FROM read_json([{paths}], union_by_name=true, filename='_file'{extra})"
+        table = connection.sql(query).to_arrow_table()
+    finally:
+        connection.close()
+    data_columns = [table[name] for name in table.column_names if name != "_file"]
+    if not data_columns:
+        return table
+    parsed = pc.is_valid(data_columns[0])
+    for column in data_columns[1:]:
+        parsed = pc.or_(parsed, pc.is_valid(column))
+    return table.filter(parsed)
+
+
+def _embedding_rows(pool: PoolDir) -> list[dict[str, Any]]:
+    rows = []
+    layout = PoolLayout(pool.root)
+    if not layout.embeddings_dir.is_dir():
+        return rows
+    for directory in sorted(p for p in layout.embeddings_dir.iterdir() if p.is_dir()):
+        embedding = layout.embeddings(directory.name)
+        if not embedding.meta.is_file():
+            continue
+        meta = json.loads(embedding.meta.read_text("utf-8"))
+        image = np.load(embedding.image, mmap_mode="r") if embedding.image.is_file() else None
+        rows.append(
+            {
+                "name": directory.name,
+                "model": str(meta.get("model") or meta.get("arch") or ""),
+                "dim": None if image is None else int(image.shape[1]),
+                "rows": None if image is None else int(image.shape[0]),
+                "has_text": embedding.text.is_file(),
+                "has_clip_score": embedding.clip_score.is_file(),
+                "meta": json.dumps(meta, sort_keys=True),
+            }
+        )
+    return rows
+
+
+def _pool_row(pool: PoolDir) -> dict[str, Any]:
+    source = pool.manifest.source
+    return {
+        "kind": pool.manifest.kind,
+        "name": pool.manifest.name,
+        "path": str(pool.root),
+        "sample_count": pool.manifest.sample_count,
+        "has_images": pool.manifest.has_images,
+        "created": pool.manifest.created,
+        "parent": source.get("pool") if pool.is_subset else None,
+        "recipe": source.get("recipe") if pool.is_subset else None,
+        "manifest": json.dumps(pool.manifest.__dict__, sort_keys=True, default=str),
+    }
+
+
+def _add_subset_sources(sources: _Sources, pool: PoolDir) -> str | None:
+    """Views of a candidate pool; returns a note when its samples cannot be shown."""
+    layout = SubsetLayout(pool.root)
+    for view, path in (
+        ("kept", layout.uids_parquet),
+        ("decisions", layout.decisions),
+        ("stages", layout.stages),
+    ):
+        if (data := _dataset(path)) is not None:
+            sources.add(view, pool.label, data)
+    if (own := _dataset(PoolLayout(pool.root).samples)) is not None:  # resharded
+        sources.add("samples", pool.label, own)
+        return None
+    parent = pool.manifest.source.get("pool")
+    parent_samples = PoolLayout(Path(parent)).samples if parent else None
+    if parent_samples is None or not parent_samples.is_file():
+        return f"{pool.label}: its parent pool {parent} is missing, so `samples` has no rows for it"
+    if not layout.uids_parquet.is_file():
+        return (
+            f"{pool.label}: {layout.uids_parquet.name} is missing, so `samples` has no rows for it"
+        )
+    sources.add(
+        "samples", pool.label, (ds.dataset(parent_samples), ds.dataset(layout.uids_parquet))
+    )
+    return None
+
+
+def _add_pool_sources(sources: _Sources, pool: PoolDir) -> None:
+    layout = PoolLayout(pool.root)
+    if (data := _dataset(layout.samples)) is not None:
+        sources.add("samples", pool.label, data)
+    embeddings = _embedding_rows(pool)
+    if embeddings:
+        sources.add("embeddings", pool.label, pa.Table.from_pylist(embeddings))
+    for row in embeddings:
+        if (scores := _dataset(layout.embeddings(row["name"]).clip_score)) is not None:
+            sources.add("clip_scores", pool.label, (row["name"], scores))
+
+
+def _collect_sources(pools: list[PoolDir]) -> tuple[_Sources, list[str]]:
+    sources = _Sources()
+    notes: list[str] = []
+    results_files: list[tuple[str, Path]] = []
+    reports: list[tuple[str, Path]] = []
+    for pool in pools:
+        sources.add("pools", pool.label, pa.Table.from_pylist([_pool_row(pool)]))
+        if pool.is_subset:
+            if (note := _add_subset_sources(sources, pool)) is not None:
+                notes.append(note)
+        else:
+            _add_pool_sources(sources, pool)
+            if PoolLayout(pool.root).ingest_report.is_file():
+                reports.append((pool.label, PoolLayout(pool.root).ingest_report))
+        results_dir = PoolLayout(pool.root).results_dir  # the same folder in a candidate pool
+        results_files += [(pool.label, f) for f in sorted(results_dir.glob("*/results.jsonl"))]
+    if results_files:
+        table = _read_json_files(
+            [f for _, f in results_files], format="'newline_delimited'", ignore_errors="true"
+        )
+        sources.add("results", "", (results_files, table))
+    if reports:
+        sources.add("ingest_report", "", (reports, _read_json_files([f for _, f in reports])))
+    return sources, notes
+
+
+class PoolCatalog:
+    """A read-only DuckDB connection with one view per pool table (see the module doc)."""
+
+    def __init__(self, pools: list[PoolDir]) -> None:
+        self.pools = pools
+        self.connection = duckdb.connect(config={"python_enable_replacements": False})
+        sources, self.notes = _collect_sources(pools)
+        self.views: list[str] = []
+        for view in VIEW_DESCRIPTIONS:
+            parts = sources.parts.get(view)
+            if parts:
+                self._create_view(view, parts)
+                self.views.append(view)
+        for setting in (
+            "SET enable_external_access = false",
+            "SET lock_configuration = true",
+        ):
+            self.connection.execute(setting)
+
+    @classmethod
+    def open(cls, paths: Sequence[Path | str]) -> PoolCatalog:
+        return cls(find_pools(paths))
+
+    def __enter__(self) -> PoolCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def _relation(self, view: str, label: str, data: Any) -> duckdb.DuckDBPyRelation:
+        con = self.connection
+        pool = _sql_string(label)
+        if view == "samples" and isinstance(data, tuple):  # a candidate pool without shards
+            parent, kept = (con.from_arrow(part) for part in data)
+            return parent.join(kept.project("uid"), "uid", how="semi").project(f"{pool} AS pool, *")
+        if view == "clip_scores":
+            name, scores = data
+            return con.from_arrow(scores).project(
+                f"{pool} AS pool, {_sql_string(name)} AS embedding, *"
+            )
+        if view in ("results", "ingest_report"):
+            files, table = data
+            labels = pa.table(
+                {"pool": [lbl for lbl, _ in files], "_file": [str(f) for _, f in files]}
+            )
+            run_id = (
+                "regexp_extract(_file, '([^/]+)/results\\.jsonl$', 1) AS run_id, "
+                if view == "results"
+                else ""
+            )
+            joined = con.from_arrow(table).join(con.from_arrow(labels), "_file")
+            return joined.project(f"pool, {run_id}* EXCLUDE (_file, pool)")
+        return con.from_arrow(data).project(f"{pool} AS pool, *")
+
+    def _create_view(self, view: str, parts: list[tuple[str, Any]]) -> None:
+        relations = [self._relation(view, label, data) for label, data in parts]
+        _union_by_name(relations).create_view(view)
+
+    # -- querying -----------------------------------------------------------------------
+    def query(self, sql: str, max_rows: int | None = None) -> list[QueryResult]:
+        """Run every statement of ``sql`` (all are checked before any runs)."""
+        statements = read_only_statements(sql)
+        return [self._run(statement, max_rows) for statement in statements]
+
+    def _run(self, statement: str, max_rows: int | None) -> QueryResult:
+        try:
+            relation = self.connection.sql(statement)
+            if relation is None:  # only statements without a result; none pass the check
+                return QueryResult(statement, pl.DataFrame(), False)
+            if max_rows is None:
+                return QueryResult(statement, relation.pl(), False)
+            frame = relation.limit(max_rows + 1).pl()
+        except duckdb.PermissionException as error:
+            message = f"refused: {_first_line(error)} (curate sql cannot touch files)"
+            raise ReadOnlyError(message) from None
+        except duckdb.InvalidInputException as error:
+            raise ReadOnlyError(f"refused: {_first_line(error)}") from None
+        except duckdb.Error as error:
+            raise UserInputError(f"{_first_line(error)}\n  in: {statement.strip()}") from None
+        return QueryResult(statement, frame.head(max_rows), frame.height > max_rows)
+
+
+def _union_by_name(relations: list[duckdb.DuckDBPyRelation]) -> duckdb.DuckDBPyRelation:
+    """UNION ALL BY NAME: columns a part lacks are NULL of the type another part has."""
+    types: dict[str, str] = {}
+    for relation in relations:
+        for column, column_type in zip(relation.columns, relation.types, strict=True):
+            if types.get(column, '"NULL"') == '"NULL"':  # an all-null column says nothing
+                types[column] = str(column_type)
+    union = None
+    for relation in relations:
+        present = set(relation.columns)
+        projected = relation.project(
+            ", ".join(
+                _quote(c) if c in present else f"NULL::{t} AS {_quote(c)}" for c, t in types.items()
+            )
+        )
+        union = projected if union is None else union.union(projected)
+    assert union is not None
+    return union
+
+
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0]
+
+
+def read_only_statements(sql: str) -> list[str]:
+    """Split ``sql`` into statements, refusing any that is not a read (DuckDB's parser
+    decides each statement's type, so comments and odd spacing cannot disguise one)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as error:
+        raise UserInputError(f"cannot parse the query: {_first_line(error)}") from None
+    if not statements:
+        raise UserInputError("no SQL statement given")
+    for statement in statements:
+        _check_read_only(statement)
+    return [statement.query.strip().rstrip(";") for statement in statements]
+
+
+def _check_read_only(statement: duckdb.Statement) -> None:
+    text = statement.query.strip()
+    if statement.type == duckdb.StatementType.EXPLAIN:
+        explained = _EXPLAIN.match(text)
+        inner = duckdb.extract_statements(explained.group(1)) if explained else []
+        if len(inner) == 1 and inner[0].type in ALLOWED_STATEMENTS:
+            return
+    elif statement.type in ALLOWED_STATEMENTS:
+        return
+    kind = statement.type.name
+    hint = ""
+    if statement.type == duckdb.StatementType.MULTI and "pivot" in text.lower():
+        hint = " (a PIVOT needs an explicit list here: PIVOT samples ON noise IN ('clean', ...))"
+    raise ReadOnlyError(
+        f"refused {kind} statement: curate sql is read-only and runs only queries "
+        f"(SELECT, WITH, FROM, VALUES, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN): {_short(text)}{hint}"
+    )
+
+
+def _short(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- writing results ------------------------------------------------------------------------
+OUTPUT_FORMATS = ("csv", "json", "parquet")
+
+
+def output_format(path: Path | None, requested: str | None) -> str | None:
+    """The file format to write: the requested one, else the output file's suffix."""
+    if requested is not None:
+        if requested not in OUTPUT_FORMATS:
+            raise UserInputError(
+                f"--format {requested!r}: choose one of {', '.join(OUTPUT_FORMATS)} "
+                "(or leave it out for a table)"
+            )
+        return requested
+    if path is None:
+        return None
+    suffix = path.suffix.lstrip(".").lower()
+    if suffix not in OUTPUT_FORMATS:
+        raise UserInputError(
+            f"--output {path}: cannot tell the format from the suffix {path.suffix!r}; "
+            f"pass --format ({', '.join(OUTPUT_FORMATS)})"
+        )
+    return suffix
+
+
+def _flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:
+    """CSV has no nested values: lists and structs become JSON text."""
+    nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
+    return frame.with_columns(
+        pl.Series(name, [json.dumps(v, default=str) for v in frame[name].to_list()], pl.String)
+        for name in nested
+    )
+
+
+def result_bytes(frame: pl.DataFrame, fmt: str) -> bytes:
+    """A result as the bytes of a csv, json (array of row objects) or parquet file."""
+    import io
+
+    buffer = io.BytesIO()
+    if fmt == "csv":
+        _flat_for_csv(frame).write_csv(buffer)
+    elif fmt == "json":
+        frame.write_json(buffer)
+    else:
+        frame.write_parquet(buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+def write_result(frame: pl.DataFrame, path: Path, fmt: str) -> None:
+    from curate.core.atomic import write_bytes
+
+    write_bytes(Path(path), result_bytes(frame, fmt))

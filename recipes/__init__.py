@@ -1,0 +1,1 @@
+"""The shipped recipes: DataComp's baselines as YAML files (package data, see README.md)."""
