@@ -73,7 +73,10 @@ def build_pool_command(
 
 @app.command("recipes")
 def recipes_command() -> None:
-    """List the recipes that ship with curate, with what each one does."""
+    """List the recipes that ship with curate, with what each one does.
+
+    Example: curate recipes
+    """
     import yaml
 
     from curate.build_pool.recipe import shipped_recipes
@@ -94,7 +97,10 @@ def validate_recipe_command(
         typer.Option(help="Also check that the recipe's input files exist for this pool."),
     ] = None,
 ) -> None:
-    """Check RECIPE (stage names, parameter names and types) without running it."""
+    """Check RECIPE (stage names, parameter names and types) without running it.
+
+    Example: curate validate-recipe clip_score_top30 --pool pools/web
+    """
     from curate.build_pool.recipe import bind_to_pool, load_recipe
 
     loaded = load_recipe(recipe)

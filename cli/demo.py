@@ -40,6 +40,8 @@ def demo_command(
     fits the baseline line from standard models trained on CIFAR-10 only, and prints the
     leaderboard. The report is OUT/report/index.html. Rerunning resumes after the last
     finished step.
+
+    Example: curate demo --out runs/demo   (or --profile smoke for a one-minute check)
     """
     from rich.console import Console
 

@@ -77,7 +77,7 @@ def demo_pool(
     templates and class synonyms; a controlled share of samples gets one defect each
     (mismatched or spam caption, exact or near duplicate, off-topic digit, tiny or extreme
     aspect image). samples.parquet records the truth in columns noise, duplicate_of, label,
-    class_name and origin, so you can measure what a filter removes:
+    class_name and origin, so you can measure what a filter removes. Example:
 
         curate demo-pool --out demo/pool
         curate sql demo/pool "SELECT noise, count(*) FROM samples GROUP BY noise"

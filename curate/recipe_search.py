@@ -501,7 +501,8 @@ def _er_text(row: SweepRow) -> str:
     ers = [shift.er for shift in row.summary.shifts if shift.er is not None]
     if len(ers) == 1 and ers[0].interval.low is not None:
         er = ers[0]
-        return f"{points_label(er.mean)} [{points_label(er.interval.low)}, {points_label(er.interval.high)}]"
+        low, high = points_label(er.interval.low), points_label(er.interval.high)
+        return f"{points_label(er.mean)} [{low}, {high}]"
     return points_label(row.average_er)
 
 
@@ -516,7 +517,8 @@ def answer(result: SearchResult) -> str:
         else:
             verdict = "significantly better" if result.significant else "not significantly better"
             gaps = ", ".join(
-                f"{points_label(d.difference)} [{points_label(d.interval.low)}, {points_label(d.interval.high)}]"
+                f"{points_label(d.difference)} "
+                f"[{points_label(d.interval.low)}, {points_label(d.interval.high)}]"
                 + (f" on {d.shift_task}" if len(result.differences) > 1 else "")
                 for d in result.differences
             )

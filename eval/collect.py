@@ -87,7 +87,9 @@ def find_results_files(roots: Iterable[Path]) -> list[Path]:
     for root in roots:
         root = Path(root)
         if not root.exists():
-            raise InputNotFoundError(f"{root} does not exist; pass a pool, subset or results folder")
+            raise InputNotFoundError(
+                f"{root} does not exist; pass a pool, subset or results folder"
+            )
         if root.is_file() and root.name == RESULTS_FILE:
             found.add(root.resolve())
             continue

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 RESULTS_FILE = "results.jsonl"
-# the fields of run.json that every result record repeats 
+# the fields of run.json that every result record repeats
 RECORD_RUN_FIELDS = (
     "run_id",
     "pool",

@@ -130,7 +130,7 @@ def run_result(
     with_bits: bool = True,
     pool: str = "pool-a",
 ) -> RunResult:
-    """A run held in memory (as curate.eval.collect.load_run would return it) from correctness vectors."""
+    """A run held in memory (as curate.eval.collect.load_run returns it) from correctness bits."""
     tasks = {
         task: TaskResult(
             task=task,

@@ -1,5 +1,5 @@
-"""decisions.parquet streamed from the per-stage files (curate.build_pool.decisions) against the table the
-old code built in memory and wrote with ``pyarrow.parquet.write_table`` (the reference,
+"""decisions.parquet streamed from the per-stage files (curate.build_pool.decisions) against the
+table the old code built in memory and wrote with ``pyarrow.parquet.write_table`` (the reference,
 byte for byte), and build-pool's ground-truth report against a brute-force count."""
 
 from __future__ import annotations

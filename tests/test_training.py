@@ -229,7 +229,7 @@ def test_training_is_deterministic_and_resumes_after_a_kill(data, tmp_path):
     b = load_file(tmp_path / "b" / "ckpt" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[key], b[key]) for key in a)
-    # the checkpoint loads as INTERFACES.md says, and into open_clip directly
+    # the checkpoint loads through curate's loader, and into open_clip directly
     loaded = load_clip(None, checkpoint=tmp_path / "a" / "ckpt")
     assert loaded.identity["arch"] == "curate-tiny-vit-p4"
     import open_clip

@@ -1,6 +1,6 @@
 """Reading a candidate pool (the output of ``curate build-pool``) the way training reads a pool.
 
-The rule (INTERFACES.md): when the subset was resharded it has its own ``samples.parquet``
+The rule: when the subset was resharded it has its own ``samples.parquet``
 and ``shards/``; otherwise its samples are the parent pool's rows whose uid was kept, and
 their images stay in the parent pool's shards.
 """

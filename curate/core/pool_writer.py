@@ -271,7 +271,9 @@ class PoolWriter:
         self._lock.__enter__()
         try:
             if self.out.exists() and not self.overwrite:
-                raise OutputExistsError(f"{self.out} already exists; pass --overwrite to replace it")
+                raise OutputExistsError(
+                    f"{self.out} already exists; pass --overwrite to replace it"
+                )
             self._prepare_staging()
         except BaseException:
             self._lock.__exit__(None, None, None)

@@ -63,9 +63,7 @@ def progress_bar(
 
 
 @contextlib.contextmanager
-def _log_lines(
-    total: int | None, description: str, completed: int, unit: str
-) -> Iterator[Advance]:
+def _log_lines(total: int | None, description: str, completed: int, unit: str) -> Iterator[Advance]:
     started = last = time.monotonic()
     done = completed
 

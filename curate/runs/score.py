@@ -51,7 +51,8 @@ def canonical_sha256(value: Any) -> str:
 
 
 def comparability_key(scale: Scale, task_ids: Sequence[str]) -> str:
-    """Two results are comparable only when this matches (INTERFACES.md)."""
+    """Two results are comparable only when this matches: same model, budget, batch, schedule,
+    precision and eval tasks (the fixed budget that makes pools comparable)."""
     return canonical_sha256(
         {
             "arch": scale.arch,

@@ -1,7 +1,7 @@
 """What training leaves on disk: the curate checkpoint (final weights) and the resumable
 training state, both written atomically.
 
-A curate checkpoint directory (INTERFACES.md)::
+A curate checkpoint directory::
 
     model.safetensors       the open_clip model's state_dict
     model_config.json       {"arch", "image_size", "context_length", "training": {...}}

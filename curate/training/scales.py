@@ -20,7 +20,7 @@ SCALES_FILE = Path(__file__).resolve().with_name("scales.yaml")
 
 
 class Scale(BaseModel):
-    """One training budget and recipe (see the comments at the top of ``curate/training/scales.yaml``)."""
+    """One training budget and recipe (see the comments atop ``curate/training/scales.yaml``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
