@@ -41,6 +41,14 @@ def report_command(
     overwrite: Annotated[
         bool, typer.Option(help="Replace the report folder if it exists.")
     ] = False,
+    external: Annotated[
+        str | None,
+        typer.Option(
+            "--external",
+            help="Add published CLIPs' ER by training data: an `import-results` folder or "
+            "results file, or `openclip` for open_clip's shipped table.",
+        ),
+    ] = None,
 ) -> None:
     """Write OUT/index.html: leaderboard, ID-vs-OOD plots, what each stage removed, samples.
 
@@ -62,6 +70,7 @@ def report_command(
         result = build_report(
             runs, out, overwrite=overwrite, n_boot=bootstrap, confidence=confidence, seed=seed,
             samples_per_group=samples, on_step=lambda message: status.update(message),
+            external=external,
         )  # fmt: skip
     typer.echo(
         f"wrote {result.index} ({result.pools} pools, {result.candidates} candidate pools, "

@@ -171,22 +171,30 @@ def er_testbed(
         typer.Option("--plot", help="Also draw each fit (PNG + SVG) into this folder."),
     ] = None,
 ) -> None:
-    """Print the ImageNet testbed's baseline fits (Taori et al. 2020), STANDARD models only.
+    """Print the ImageNet testbed's baseline fits (Taori et al. 2020), its own fit sets.
 
     A sanity check of the ER machinery against the published plots: slope and intercept of
-    logit(shift accuracy) on logit(ImageNet accuracy), R² and the number of models.
+    logit(shift accuracy) on logit(ImageNet accuracy), R² and the number of models, for the
+    testbed's fit set (STANDARD models, its plotting scripts' cutoffs and exclusions;
+    ImageNet-A as its two pieces).
+
+    Example: curate er-testbed --shift imagenet-a
     """
-    from curate.eval.testbed import TESTBED_SHIFTS, fit_testbed, testbed_shift
+    from curate.eval.testbed import TESTBED_SHIFTS, testbed_fit, testbed_shift
 
     shifts = [testbed_shift(shift).shift] if shift else list(TESTBED_SHIFTS)
     typer.echo("imagenet-testbed baseline fits: logit(shift) = slope * logit(ID) + intercept")
-    typer.echo(f"{'shift':<42} {'ID column':<27} {'slope':>7} {'intercept':>9} {'R2':>6} {'n':>3}")
+    typer.echo(
+        f"{'shift':<42} {'ID column':<27} {'ID piece':<13} {'slope':>12} {'intercept':>13} "
+        f"{'R2':>6} {'n':>3}"
+    )
     for name in shifts:
-        fit = fit_testbed(name)
-        typer.echo(
-            f"{name:<42} {fit.id_task:<27} {fit.slope:>7.4f} {fit.intercept:>9.4f} "
-            f"{fit.r_squared:>6.4f} {fit.n_points:>3}"
-        )
+        fit = testbed_fit(name)
+        for where, piece in zip(fit.piece_labels, fit.pieces, strict=True):
+            typer.echo(
+                f"{name:<42} {fit.x_column:<27} {where:<13} {piece.slope:>12.9f} "
+                f"{piece.intercept:>13.9f} {piece.r_squared:>6.4f} {piece.n_points:>3}"
+            )
     for name in shifts:
         if TESTBED_SHIFTS[name].note:
             typer.echo(f"note, {name}: {TESTBED_SHIFTS[name].note}")

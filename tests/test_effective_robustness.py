@@ -13,6 +13,7 @@ from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, run_result
 from scipy import stats
 
 from curate.core.errors import UserInputError
+from curate.eval import testbed
 from curate.eval.effective_robustness import (
     ACCURACY_EPS,
     effective_robustness,
@@ -67,28 +68,138 @@ def test_a_fit_needs_two_baselines_of_different_id_accuracy():
         fit_logit_line([0.5, 0.5], [0.4, 0.3])
 
 
-def _independent_testbed_points(shift: str) -> tuple[list[float], list[float]]:
-    """STANDARD models' logits read with the csv module (not the library's polars path)."""
-    pair = TESTBED_SHIFTS[shift]
-    xs, ys = [], []
+# The testbed's fit sets, re-derived here from its plotting scripts (modestyachts/imagenet-testbed
+# plotting/paper_*.py): (x column, x cutoff, names hidden from the plot, split at resnet50's x).
+_TESTBED_RULES = {
+    "imagenetv2-matched-frequency-format-val": ("val", 55, (), False),
+    "imagenet-sketch": ("val", 55, (), False),
+    "objectnet-1.0-beta": ("val-on-objectnet-classes", 55, (), False),
+    "imagenet-r": ("val-on-imagenet-r-classes", 75, (), False),
+    "imagenet-a": ("val-on-imagenet-a-classes", 75, ("resnet50",), True),
+}
+# published by the testbed's plots (scipy.stats.linregress on its fit set): n, slope, intercept
+_TESTBED_EXPECTED = {
+    "imagenetv2-matched-frequency-format-val": [(85, 0.923228773, -0.4976898817)],
+    "imagenet-sketch": [(85, 1.070915414, -2.370072913)],
+    "objectnet-1.0-beta": [(85, 0.9809103795, -1.928288907)],
+    "imagenet-r": [(80, 0.6368439843, -2.10771562)],
+    "imagenet-a": [(33, 0.6894464991, -5.140046172), (51, 2.955959517, -10.27739709)],
+}
+
+
+def _testbed_rows() -> list[dict[str, str]]:
     with open(TESTBED_CSV, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["model_type"] != "STANDARD" or row["model"] in pair.excluded_models:
-                continue
-            if not row[pair.id_column] or not row[shift]:
-                continue
-            x, y = float(row[pair.id_column]) / 100, float(row[shift]) / 100
-            xs.append(math.log(x / (1 - x)))
-            ys.append(math.log(y / (1 - y)))
-    return xs, ys
+        return list(csv.DictReader(handle))
+
+
+def _independent_testbed_pieces(shift: str, x_column: str | None = None):
+    """The testbed's fit set(s) as (model, x%, y%) lists, read with the csv module."""
+    column, cutoff, hidden, split = _TESTBED_RULES[shift]
+    if x_column is not None:  # the testbed's `--option no-subsample`: x = val, shown at val >= 55
+        column, cutoff = x_column, 55
+    rows = _testbed_rows()
+    chosen = [
+        (row["model"], float(row[column]), float(row[shift]))
+        for row in rows
+        if row[column]
+        and row[shift]
+        and row["model_type"] == "STANDARD"
+        and "subsample" not in row["model"].lower()
+        and "aws" not in row["model"].lower()
+        and "batch64" not in row["model"].lower()
+        and row["model"].lower() not in hidden
+        and float(row[column]) >= cutoff
+    ]
+    if not split:
+        return [chosen]
+    pivot = next(float(row[column]) for row in rows if row["model"] == "resnet50")
+    return [[c for c in chosen if c[1] < pivot], [c for c in chosen if c[1] > pivot]]
+
+
+def _polyfit_logit(points) -> tuple[float, float]:
+    x = np.array([p[1] for p in points]) / 100
+    y = np.array([p[2] for p in points]) / 100
+    slope, intercept = np.polyfit(np.log(x / (1 - x)), np.log(y / (1 - y)), 1)
+    return float(slope), float(intercept)
 
 
 @pytest.mark.parametrize("shift", sorted(TESTBED_SHIFTS))
-def test_testbed_fit_matches_scipy_linregress(shift):
-    xs, ys = _independent_testbed_points(shift)
-    reference = stats.linregress(xs, ys)
+def test_testbed_fit_equals_an_independent_polyfit_and_the_published_numbers(shift):
+    fit = testbed.testbed_fit(shift)
+    pieces = _independent_testbed_pieces(shift)
+    assert len(fit.pieces) == len(pieces) == len(_TESTBED_EXPECTED[shift])
+    assert set(fit.models) == {p[0] for piece in pieces for p in piece}
+    for line, points, (n, slope, intercept) in zip(
+        fit.pieces, pieces, _TESTBED_EXPECTED[shift], strict=True
+    ):
+        reference = _polyfit_logit(points)
+        assert line.n_points == len(points) == n
+        assert line.slope == pytest.approx(reference[0], abs=1e-6)
+        assert line.intercept == pytest.approx(reference[1], abs=1e-6)
+        assert line.slope == pytest.approx(slope, abs=1e-6)
+        assert line.intercept == pytest.approx(intercept, abs=1e-6)
+    assert "resnet50_aws_baseline" not in fit.models
+    assert "resnet50_imagenet_100percent_batch64_original_images" not in fit.models
+
+
+# ER (percent points) against the testbed's line, recomputed from its published fit
+@pytest.mark.parametrize(
+    ("shift", "model"),
+    [
+        ("imagenetv2-matched-frequency-format-val", "resnet50_clip_zeroshot"),
+        ("imagenet-sketch", "vit_b_32_clip_zeroshot"),
+        ("objectnet-1.0-beta", "resnet152"),
+        ("imagenet-r", "efficientnet-l2-noisystudent"),
+        ("imagenet-a", "resnet152"),  # x below resnet50's: the lower piece
+        ("imagenet-a", "vit_b_32_clip_zeroshot"),  # above: the upper piece
+    ],
+)
+def test_testbed_er_of_one_model_equals_the_hand_computation(shift, model):
+    column = _TESTBED_RULES[shift][0]
+    row = next(row for row in _testbed_rows() if row["model"] == model)
+    x, y = float(row[column]), float(row[shift])
+    pieces = _independent_testbed_pieces(shift)
+    piece = pieces[0] if len(pieces) == 1 or x < 91.86 else pieces[1]
+    slope, intercept = _polyfit_logit(piece)
+    t = slope * math.log(x / (100 - x)) + intercept
+    expected = y - 100 / (1 + math.exp(-t))
+    er = testbed.testbed_fit(shift).effective_robustness(x / 100, y / 100)
+    assert 100 * er.value == pytest.approx(expected, abs=1e-6)
+
+
+def test_testbed_er_matches_the_research_note_for_clip_on_imagenet_a():
+    # from an independent scipy run of the testbed's rule: RN50 CLIP zero-shot, ImageNet-A
+    row = next(row for row in _testbed_rows() if row["model"] == "resnet50_clip_zeroshot")
+    er = testbed.testbed_fit("imagenet-a").effective_robustness(
+        float(row["val-on-imagenet-a-classes"]) / 100, float(row["imagenet-a"]) / 100
+    )
+    assert 100 * er.value == pytest.approx(20.92486292, abs=1e-6)
+
+
+@pytest.mark.parametrize("shift", ["objectnet-1.0-beta", "imagenet-r", "imagenet-a"])
+def test_full_imagenet_axis_uses_the_same_models_and_an_independent_fit(shift):
+    class_restricted = testbed.testbed_fit(shift)
+    on_val = testbed.testbed_fit(shift, x_column="val")
+    assert on_val.x_column == "val"
+    assert set(on_val.models) == set(class_restricted.models)  # no cutoff bites on this table
+    pieces = _independent_testbed_pieces(shift, x_column="val")
+    for line, points in zip(on_val.pieces, pieces, strict=True):
+        slope, intercept = _polyfit_logit(points)
+        assert line.n_points == len(points)
+        assert line.slope == pytest.approx(slope, abs=1e-6)
+        assert line.intercept == pytest.approx(intercept, abs=1e-6)
+    if shift == "imagenet-a":
+        assert on_val.pivot == pytest.approx(0.7613, abs=1e-4)  # resnet50's val accuracy
+
+
+@pytest.mark.parametrize("shift", sorted(TESTBED_SHIFTS))
+def test_single_line_testbed_fit_matches_scipy_linregress(shift):
+    points = [p for piece in _independent_testbed_pieces(shift) for p in piece]
+    x = np.array([p[1] for p in points]) / 100
+    y = np.array([p[2] for p in points]) / 100
+    reference = stats.linregress(np.log(x / (1 - x)), np.log(y / (1 - y)))
     fit = fit_testbed(shift)
-    assert fit.n_points == len(xs) > 80
+    assert fit.n_points == len(points)
     assert fit.slope == pytest.approx(reference.slope, abs=1e-10)
     assert fit.intercept == pytest.approx(reference.intercept, abs=1e-10)
     assert fit.r_squared == pytest.approx(reference.rvalue**2, abs=1e-10)

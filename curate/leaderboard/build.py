@@ -12,6 +12,12 @@ from curate.eval.er_uncertainty import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CONFIDENCE,
 )
+from curate.leaderboard.external import (
+    EXTERNAL_TABLE,
+    external_leaderboard,
+    find_external_results,
+    load_external_results,
+)
 from curate.leaderboard.groups import group_runs, require_comparable
 from curate.leaderboard.model import Leaderboard, summarize
 from curate.leaderboard.tables import leaderboard_tables, write_database
@@ -29,12 +35,18 @@ def build_leaderboard(
 ) -> tuple[Leaderboard, dict[str, Path]]:
     """Collect results under ``roots``, rank them and write the database under ``out_dir``."""
     runs = collect_runs(roots)
-    if not runs:
+    external = find_external_results(roots)  # `curate import-results` folders: own table
+    if not runs and not external:
         raise UserInputError(
             f"no results found under {', '.join(map(str, roots))} (looked for "
             "results/<run_id>/results.jsonl); score a pool first (`curate score`)"
         )
     require_comparable(group_runs(runs), group_by_key)
     leaderboard = summarize(runs, rank_by=rank_by, n_boot=n_boot, confidence=confidence, seed=seed)
-    written = write_database(leaderboard_tables(runs, leaderboard), out_dir)
+    tables = leaderboard_tables(runs, leaderboard)
+    if external:
+        tables[EXTERNAL_TABLE] = external_leaderboard(
+            load_external_results(external), n_boot=n_boot, confidence=confidence, seed=seed
+        )
+    written = write_database(tables, out_dir)
     return leaderboard, written

@@ -38,6 +38,7 @@ from curate.report.candidates import (
     read_decisions,
 )
 from curate.report.discover import discover
+from curate.report.external_plot import ExternalView, external_view
 from curate.report.html import render_page
 from curate.report.images import read_thumbnails
 from curate.report.results import ResultsView, describe_code_version, results_view
@@ -70,6 +71,7 @@ class ReportPage:
     results: ResultsView | None
     run_count: int
     problems: tuple[str, ...]
+    external: ExternalView | None = None  # published CLIPs' ER by training data (--external)
 
 
 @dataclass(frozen=True)
@@ -130,8 +132,13 @@ def build_report(
     seed: int = 0,
     samples_per_group: int = SAMPLES_PER_GROUP,
     on_step: Callable[[str], None] | None = None,
+    external: Path | str | None = None,
 ) -> ReportResult:
-    """Write the report of everything under ``runs_dir`` to ``out`` (default DIR/report)."""
+    """Write the report of everything under ``runs_dir`` to ``out`` (default DIR/report).
+
+    ``external``: an `import-results` folder or results file (or ``"openclip"``, the shipped
+    table) whose published CLIPs get a section of ER by training data.
+    """
     started = time.perf_counter()
     step = on_step or (lambda message: None)
     runs_dir = Path(runs_dir).resolve()
@@ -170,6 +177,13 @@ def build_report(
             results = results_view(
                 runs, staging, subsets, n_boot=n_boot, confidence=confidence, seed=seed
             )
+        external_section = None
+        if external is not None:
+            step("effective robustness of the published CLIPs by training data")
+            source = None if str(external) == "openclip" else Path(external)
+            external_section = external_view(
+                source, staging, n_boot=n_boot, confidence=confidence, seed=seed
+            )
         step(f"reading {len(found.subsets)} candidate pools and their sample images")
         candidates = _candidate_views(found.subsets, anchors, samples_per_group, seed)
         page = ReportPage(
@@ -182,6 +196,7 @@ def build_report(
             results=results,
             run_count=len(runs),
             problems=found.problems,
+            external=external_section,
         )
         write_text(staging / INDEX, render_page(page))
         files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
