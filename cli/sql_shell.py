@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 import polars as pl
@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from curate.core.errors import UserInputError
-from curate.sql.query import VIEW_DESCRIPTIONS, PoolCatalog
+from curate.sql.formats import is_numeric
+from curate.sql.query import VIEW_DESCRIPTIONS, PoolCatalog, QueryInterrupted
 
 MAX_CELL_CHARS = 200
 SHELL_HELP = """Statements end with ';' and may span lines. Only queries run (read-only).
@@ -35,10 +36,18 @@ def _cell(value: object) -> str:
     return text.replace("[", r"\[")
 
 
-def result_table(frame: pl.DataFrame, title: str | None = None, truncated: bool = False) -> Table:
+def result_table(
+    frame: pl.DataFrame,
+    title: str | None = None,
+    truncated: bool = False,
+    numeric: Sequence[bool] | None = None,
+) -> Table:
+    """``frame`` as a table; ``numeric`` (per column) right-aligns, by default numeric dtypes."""
     table = Table(title=title, show_lines=False, highlight=False)
-    for name, dtype in frame.schema.items():
-        table.add_column(name, justify="right" if dtype.is_numeric() else "left", overflow="fold")
+    if numeric is None:
+        numeric = [dtype.is_numeric() for dtype in frame.dtypes]
+    for name, right in zip(frame.columns, numeric, strict=True):
+        table.add_column(name, justify="right" if right else "left", overflow="fold")
     for row in frame.iter_rows():
         table.add_row(*(_cell(value) for value in row))
     rows = f"{frame.height:,} row{'s' if frame.height != 1 else ''}"
@@ -49,8 +58,10 @@ def result_table(frame: pl.DataFrame, title: str | None = None, truncated: bool 
 
 
 def print_results(catalog: PoolCatalog, sql: str, console: Console, max_rows: int) -> None:
-    for result in catalog.query(sql, max_rows=max_rows):
-        console.print(result_table(result.frame, truncated=result.truncated))
+    """Each statement's first rows, every value as DuckDB prints it (floats to 6 digits)."""
+    for result in catalog.query(sql, max_rows=max_rows, as_text=True):
+        numeric = [is_numeric(column_type) for column_type in result.types]
+        console.print(result_table(result.frame, truncated=result.truncated, numeric=numeric))
 
 
 def views_table(catalog: PoolCatalog) -> Table:
@@ -88,7 +99,7 @@ def _prompted_lines(stream: TextIO, console: Console) -> Iterator[str]:
 
 def run_shell(catalog: PoolCatalog, stream: TextIO, console: Console, max_rows: int) -> None:
     """Read statements from ``stream`` (a prompt when it is a terminal) until EOF or .quit;
-    an error is printed and the shell goes on."""
+    an error, or a statement stopped by Ctrl-C, is printed and the shell goes on."""
     if stream.isatty():
         console.print(views_table(catalog))
         console.print(SHELL_HELP, highlight=False)
@@ -110,3 +121,5 @@ def run_shell(catalog: PoolCatalog, stream: TextIO, console: Console, max_rows: 
                 print_results(catalog, statement, console, max_rows)
         except UserInputError as error:
             console.print(f"[bold red]error:[/] {error}", highlight=False)
+        except QueryInterrupted:
+            console.print("interrupted", highlight=False)

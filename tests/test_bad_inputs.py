@@ -262,6 +262,15 @@ def _tar_without_end_blocks(case: Path, pool: Path) -> list[str]:
     return _ingest(case, case / "src")
 
 
+def _sql_case(query: str, *extra: str):
+    """`curate sql` over the shared pool, its result written beside the case."""
+
+    def make(case: Path, pool: Path) -> list[str]:
+        return ["sql", str(pool), query, "--output", str(case / "result.parquet"), *extra]
+
+    return make
+
+
 def _recipe_case(text: bytes | None):
     """build-pool with this recipe file (None: a directory where the recipe should be)."""
 
@@ -311,6 +320,22 @@ def _scale_yaml(**changes: object) -> bytes:
 GOOD_RECIPE = "name: bad\nseed: 0\nstages:\n  - stage: basic\n    params:\n      min_words: 3\n"
 I2D = "img2dataset"
 CASES = [
+    # -- curate sql ------------------------------------------------------------------------------
+    Case(
+        "sql-39-digit-integer-to-parquet",
+        _sql_case("SELECT 170141183460469231731687303715884105727::HUGEINT AS c"),
+        error=("column c", "HUGEINT", "38 digits"),
+    ),
+    Case(
+        "sql-memory-limit-not-a-size",
+        _sql_case("SELECT 1", "--memory-limit", "banana"),
+        error=("--memory-limit", "banana"),
+    ),
+    Case(
+        "sql-write-statement",
+        _sql_case("CREATE TABLE t AS SELECT 1"),
+        error=("read-only",),
+    ),
     # -- curate ingest: img2dataset tar folders ------------------------------------------------
     Case(f"{I2D}-truncated-tar", _truncated_tar, skip="damaged tar", accepted=1),
     Case(
@@ -696,4 +721,4 @@ def test_nothing_written_outside(corpus) -> None:
 def test_count_of_cases_tried(corpus) -> None:
     tried = len(corpus["results"])
     print(f"bad inputs tried: {tried}")
-    assert tried == len(CASES) == 52
+    assert tried == len(CASES) == 55

@@ -334,7 +334,7 @@ def test_command_writes_table_sql_and_leaderboard(tmp_path: Path) -> None:
         ["sql", str(out), "SELECT count(DISTINCT model) AS n FROM external_results", "-f", "csv"],
     )
     assert shown.exit_code == 0, shown.output
-    assert shown.output.split() == ['"n"', '"123"']
+    assert shown.output.split() == ["n", "123"]
 
     board_dir = tmp_path / "board"
     built = runner.invoke(app, ["leaderboard", str(tmp_path), "--out", str(board_dir)])

@@ -112,10 +112,3 @@ def collect_info(paths: Sequence[Path | str]) -> list[PoolInfo]:
     pools = find_pools(paths)
     with PoolCatalog(pools) as catalog:
         return [pool_info(catalog, pool) for pool in pools]
-
-
-# -- rendering ------------------------------------------------------------------------------
-
-
-
-

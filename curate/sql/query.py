@@ -22,16 +22,27 @@ connection itself cannot touch the file system: the files are handed to DuckDB a
 datasets, then ``enable_external_access`` is switched off, Python replacement scans are
 switched off and the configuration is locked, so COPY ... TO, ATTACH, INSTALL/LOAD,
 read_csv('/any/file') and SET fail inside DuckDB even if a statement got past the first check.
+
+Bounded: DuckDB may use ``memory_limit`` (default: half the machine's memory) and spills
+nothing to disk, so a query that needs more fails with a :class:`QueryLimitError`; a statement
+runs in a thread of its own while the calling thread watches for Ctrl-C and ``timeout_s`` and
+stops DuckDB with ``interrupt()`` (a signal reaches Python only between bytecodes, never inside
+a running query), raising :class:`QueryInterrupted` or :class:`QueryLimitError` within moments.
+How each DuckDB type reaches a frame or a file: :mod:`curate.sql.formats`.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
-from collections.abc import Iterable, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, BinaryIO, TypeVar
 
 import duckdb
 import numpy as np
@@ -39,15 +50,21 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from duckdb.sqltypes import DuckDBPyType
 
 from curate.core.errors import InputNotFoundError, NotAPoolError, UserInputError
 from curate.core.layout import MANIFEST, PoolLayout, SubsetLayout
 from curate.core.manifest import Manifest, read_manifest
+from curate.eval.external_results import EXTERNAL_RESULTS_FILE, EXTERNAL_RESULTS_KIND
+from curate.sql.formats import VALUE_ERROR, WRITERS, portable, quote_identifier, sql_string
 
 SEARCH_DEPTH = 4
 _NOT_POOL_DIRS = {"shards", "embeddings", "results"}
 ALLOWED_STATEMENTS = {duckdb.StatementType.SELECT}
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(?:\s+ANALY[SZ]E)?\s+(.*)$", re.IGNORECASE | re.DOTALL)
+DEFAULT_TIMEOUT_S = 600.0
+BATCH_ROWS = 65_536
+T = TypeVar("T")
 
 VIEW_DESCRIPTIONS = {
     "pools": "one row per pool or candidate pool (kind, name, path, sample_count, parent)",
@@ -59,11 +76,21 @@ VIEW_DESCRIPTIONS = {
     "kept": "candidate pools: the kept uids",
     "results": "scoring results, one record per run and task (column run_id)",
     "ingest_report": "what ingestion accepted and skipped, and why",
+    # curate import-results output (manifest kind "external_results"):
+    "external_results": "imported results of external CLIPs, one row per model and task",
 }
 
 
 class ReadOnlyError(UserInputError):
     """A statement that would change something: curate sql only reads."""
+
+
+class QueryLimitError(UserInputError):
+    """A statement ran past the timeout or needed more memory than the limit."""
+
+
+class QueryInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a statement ran: DuckDB stopped it, and the connection can run the next."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +109,7 @@ class QueryResult:
     statement: str
     frame: pl.DataFrame
     truncated: bool  # more rows exist than ``frame`` holds
+    types: tuple[DuckDBPyType, ...] = ()  # the DuckDB type of each column
 
 
 # -- finding pools ------------------------------------------------------------------------
@@ -145,7 +173,7 @@ def _read_json_files(files: list[Path], **options: str) -> pa.Table:
     """
     connection = duckdb.connect()
     try:
-        paths = ", ".join(_sql_string(str(f)) for f in files)
+        paths = ", ".join(sql_string(str(f)) for f in files)
         extra = "".join(f", {key}={value}" for key, value in options.items())
         query = f"FROM read_json([{paths}], union_by_name=true, filename='_file'{extra})"
         table = connection.sql(query).to_arrow_table()
@@ -246,6 +274,10 @@ def _collect_sources(pools: list[PoolDir]) -> tuple[_Sources, list[str]]:
     reports: list[tuple[str, Path]] = []
     for pool in pools:
         sources.add("pools", pool.label, pa.Table.from_pylist([_pool_row(pool)]))
+        if pool.manifest.kind == EXTERNAL_RESULTS_KIND:  # curate import-results output
+            if (imported := _dataset(pool.root / EXTERNAL_RESULTS_FILE)) is not None:
+                sources.add("external_results", pool.label, imported)
+            continue
         if pool.is_subset:
             if (note := _add_subset_sources(sources, pool)) is not None:
                 notes.append(note)
@@ -268,9 +300,26 @@ def _collect_sources(pools: list[PoolDir]) -> tuple[_Sources, list[str]]:
 class PoolCatalog:
     """A read-only DuckDB connection with one view per pool table (see the module doc)."""
 
-    def __init__(self, pools: list[PoolDir]) -> None:
+    def __init__(
+        self,
+        pools: list[PoolDir],
+        memory_limit: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """``memory_limit``: a DuckDB size such as 4GB or 500MB (None: half the machine's
+        memory); ``timeout_s``: how long one statement may run (None or 0: no limit)."""
         self.pools = pools
+        self.memory_limit = memory_limit or default_memory_limit()
+        self.timeout_s = timeout_s or None
         self.connection = duckdb.connect(config={"python_enable_replacements": False})
+        try:
+            self.connection.execute(f"SET memory_limit = {sql_string(self.memory_limit)}")
+        except duckdb.Error as error:
+            self.connection.close()
+            raise UserInputError(
+                f"--memory-limit {self.memory_limit!r}: {_first_line(error)}; "
+                "give a size such as 4GB or 500MB"
+            ) from None
         sources, self.notes = _collect_sources(pools)
         self.views: list[str] = []
         for view in VIEW_DESCRIPTIONS:
@@ -279,14 +328,20 @@ class PoolCatalog:
                 self._create_view(view, parts)
                 self.views.append(view)
         for setting in (
+            "SET temp_directory = ''",  # no spill files: a query over the limit fails instead
             "SET enable_external_access = false",
             "SET lock_configuration = true",
         ):
             self.connection.execute(setting)
 
     @classmethod
-    def open(cls, paths: Sequence[Path | str]) -> PoolCatalog:
-        return cls(find_pools(paths))
+    def open(
+        cls,
+        paths: Sequence[Path | str],
+        memory_limit: str | None = None,
+        timeout_s: float | None = None,
+    ) -> PoolCatalog:
+        return cls(find_pools(paths), memory_limit, timeout_s)
 
     def __enter__(self) -> PoolCatalog:
         return self
@@ -299,14 +354,14 @@ class PoolCatalog:
 
     def _relation(self, view: str, label: str, data: Any) -> duckdb.DuckDBPyRelation:
         con = self.connection
-        pool = _sql_string(label)
+        pool = sql_string(label)
         if view == "samples" and isinstance(data, tuple):  # a candidate pool without shards
             parent, kept = (con.from_arrow(part) for part in data)
             return parent.join(kept.project("uid"), "uid", how="semi").project(f"{pool} AS pool, *")
         if view == "clip_scores":
             name, scores = data
             return con.from_arrow(scores).project(
-                f"{pool} AS pool, {_sql_string(name)} AS embedding, *"
+                f"{pool} AS pool, {sql_string(name)} AS embedding, *"
             )
         if view in ("results", "ingest_report"):
             files, table = data
@@ -327,27 +382,179 @@ class PoolCatalog:
         _union_by_name(relations).create_view(view)
 
     # -- querying -----------------------------------------------------------------------
-    def query(self, sql: str, max_rows: int | None = None) -> list[QueryResult]:
-        """Run every statement of ``sql`` (all are checked before any runs)."""
+    def query(
+        self, sql: str, max_rows: int | None = None, as_text: bool = False
+    ) -> list[QueryResult]:
+        """Run every statement of ``sql`` (all are checked before any runs). Frames hold
+        polars types (see :mod:`curate.sql.formats`), or with ``as_text`` each value as text
+        for a terminal table."""
         statements = read_only_statements(sql)
-        return [self._run(statement, max_rows) for statement in statements]
+        return [self._frame(statement, max_rows, as_text) for statement in statements]
 
-    def _run(self, statement: str, max_rows: int | None) -> QueryResult:
-        try:
-            relation = self.connection.sql(statement)
-            if relation is None:  # only statements without a result; none pass the check
-                return QueryResult(statement, pl.DataFrame(), False)
+    def write(self, sql: str, fmt: str, out: IO[Any]) -> list[int]:
+        """Run every statement of ``sql``, writing each whole result to ``out`` (a binary
+        file, or a text stream such as stdout) as csv, json or parquet, batch by batch;
+        returns each statement's row count."""
+        target, writer = WRITERS[fmt]
+        sink = _binary(out)
+
+        def write(relation: duckdb.DuckDBPyRelation, stopping: threading.Event) -> int:
+            return writer(*_batches(portable(relation, target), stopping), sink)
+
+        return [self._supervised(s, write) for s in read_only_statements(sql)]
+
+    def write_file(self, sql: str, path: Path, fmt: str) -> int:
+        """One statement's whole result as the file ``path``, written atomically."""
+        from curate.core.atomic import atomic_path
+
+        statements = read_only_statements(sql)
+        if len(statements) != 1:
+            raise UserInputError(
+                f"an output file takes one statement's result; got {len(statements)}"
+            )
+        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as out:
+            (rows,) = self.write(statements[0], fmt, out)
+        return rows
+
+    def _frame(self, statement: str, max_rows: int | None, as_text: bool) -> QueryResult:
+        def read(relation: duckdb.DuckDBPyRelation, stopping: threading.Event) -> QueryResult:
+            limited = relation if max_rows is None else relation.limit(max_rows + 1)
+            schema, batches = _batches(
+                portable(limited, "display" if as_text else "arrow"), stopping
+            )
+            frame = pl.from_arrow(pa.Table.from_batches(list(batches), schema))
+            assert isinstance(frame, pl.DataFrame)
+            types = tuple(relation.types)
             if max_rows is None:
-                return QueryResult(statement, relation.pl(), False)
-            frame = relation.limit(max_rows + 1).pl()
-        except duckdb.PermissionException as error:
+                return QueryResult(statement, frame, False, types)
+            return QueryResult(statement, frame.head(max_rows), frame.height > max_rows, types)
+
+        return self._supervised(statement, read)
+
+    def _supervised(
+        self,
+        statement: str,
+        work: Callable[[duckdb.DuckDBPyRelation, threading.Event], T],
+    ) -> T:
+        """``work(relation of statement, stopping)`` in a thread of its own, while this thread
+        waits, free to see Ctrl-C and the timeout and to stop DuckDB with ``interrupt()``."""
+        stopping, done = threading.Event(), threading.Event()
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                relation = self.connection.sql(statement)
+                assert relation is not None, statement  # the read-only check passed a query
+                outcome["value"] = work(relation, stopping)
+            except BaseException as error:  # handed to the waiting thread
+                outcome["error"] = error
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name="curate-sql", daemon=True).start()
+        deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+        reason = None
+        while not done.is_set():
+            try:
+                if reason is None and deadline is not None and time.monotonic() >= deadline:
+                    reason = "timeout"
+                    self._stop(stopping)
+                left = 0.25 if deadline is None or reason else deadline - time.monotonic()
+                done.wait(min(0.25, max(left, 0.0)))
+            except KeyboardInterrupt:
+                reason = "interrupted"
+                self._stop(stopping)
+        if reason == "interrupted":
+            raise QueryInterrupted("interrupted")
+        if "value" in outcome:
+            return outcome["value"]
+        if reason == "timeout":
+            raise QueryLimitError(
+                f"query exceeded --timeout {self.timeout_s:g} s; raise --timeout "
+                "(0: no limit) or narrow the query"
+            )
+        raise self._user_error(outcome["error"], statement)
+
+    def _stop(self, stopping: threading.Event) -> None:
+        stopping.set()
+        self.connection.interrupt()
+
+    def _user_error(self, error: BaseException, statement: str) -> BaseException:
+        """A DuckDB error as the error curate shows; any other error unchanged (a bug)."""
+        if isinstance(error, duckdb.OutOfMemoryException):
+            return QueryLimitError(
+                f"query exceeded the memory limit of {self.memory_limit}; raise --memory-limit "
+                "or narrow the query (fewer rows or columns, a LIMIT)"
+            )
+        if isinstance(error, duckdb.PermissionException):
             message = f"refused: {_first_line(error)} (curate sql cannot touch files)"
-            raise ReadOnlyError(message) from None
-        except duckdb.InvalidInputException as error:
-            raise ReadOnlyError(f"refused: {_first_line(error)}") from None
-        except duckdb.Error as error:
-            raise UserInputError(f"{_first_line(error)}\n  in: {statement.strip()}") from None
-        return QueryResult(statement, frame.head(max_rows), frame.height > max_rows)
+            return ReadOnlyError(message)
+        if isinstance(error, duckdb.InvalidInputException) and VALUE_ERROR in str(error):
+            return UserInputError(_first_line(error).partition("Error: ")[2])
+        if isinstance(error, duckdb.InvalidInputException) and "configuration" in str(error):
+            return ReadOnlyError(f"refused: {_first_line(error)}")
+        if isinstance(error, duckdb.Error):
+            return UserInputError(f"{_first_line(error)}\n  in: {statement.strip()}")
+        return error
+
+
+_STREAM_ERRORS = {
+    "Out of Memory": duckdb.OutOfMemoryException,
+    "Permission": duckdb.PermissionException,
+    "Invalid Input": duckdb.InvalidInputException,
+    "INTERRUPT": duckdb.InterruptException,
+}
+
+
+def _batches(
+    relation: duckdb.DuckDBPyRelation, stopping: threading.Event
+) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema and the record batches of ``relation``, streamed; they stop when
+    ``stopping`` is set, and DuckDB's errors keep their class."""
+    reader = relation.to_arrow_reader(BATCH_ROWS)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        while True:
+            if stopping.is_set():
+                raise duckdb.InterruptException("INTERRUPT Error: Interrupted!")
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except OSError as error:  # DuckDB's errors reach an Arrow stream as OSError
+                kind = str(error).partition(" Error: ")[0]
+                raise _STREAM_ERRORS.get(kind, duckdb.Error)(str(error)) from None
+            yield batch
+
+    return reader.schema, batches()
+
+
+class _TextSink:
+    """Bytes to a text stream that has no binary buffer (stdout replaced by a StringIO)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.stream.write(data.decode("utf-8"))  # the writers hand over whole rows
+        return len(data)
+
+
+def _binary(out: IO[Any]) -> BinaryIO:
+    if isinstance(out, io.TextIOBase):
+        out.flush()
+        return getattr(out, "buffer", None) or _TextSink(out)  # type: ignore[return-value]
+    return out  # type: ignore[return-value]
+
+
+def default_memory_limit() -> str:
+    """Half this machine's memory, or of its container's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        total = min(total, int(Path("/sys/fs/cgroup/memory.max").read_text().strip()))
+    except (OSError, ValueError):  # no cgroup v2 limit ("max" or no file)
+        pass
+    return f"{total // 2 // 2**20}MiB"
 
 
 def _union_by_name(relations: list[duckdb.DuckDBPyRelation]) -> duckdb.DuckDBPyRelation:
@@ -362,20 +569,13 @@ def _union_by_name(relations: list[duckdb.DuckDBPyRelation]) -> duckdb.DuckDBPyR
         present = set(relation.columns)
         projected = relation.project(
             ", ".join(
-                _quote(c) if c in present else f"NULL::{t} AS {_quote(c)}" for c, t in types.items()
+                quote_identifier(c) if c in present else f"NULL::{t} AS {quote_identifier(c)}"
+                for c, t in types.items()
             )
         )
         union = projected if union is None else union.union(projected)
     assert union is not None
     return union
-
-
-def _quote(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
-
-
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _first_line(error: BaseException) -> str:
@@ -442,32 +642,3 @@ def output_format(path: Path | None, requested: str | None) -> str | None:
             f"pass --format ({', '.join(OUTPUT_FORMATS)})"
         )
     return suffix
-
-
-def _flat_for_csv(frame: pl.DataFrame) -> pl.DataFrame:
-    """CSV has no nested values: lists and structs become JSON text."""
-    nested = [name for name, dtype in frame.schema.items() if dtype.is_nested()]
-    return frame.with_columns(
-        pl.Series(name, [json.dumps(v, default=str) for v in frame[name].to_list()], pl.String)
-        for name in nested
-    )
-
-
-def result_bytes(frame: pl.DataFrame, fmt: str) -> bytes:
-    """A result as the bytes of a csv, json (array of row objects) or parquet file."""
-    import io
-
-    buffer = io.BytesIO()
-    if fmt == "csv":
-        _flat_for_csv(frame).write_csv(buffer)
-    elif fmt == "json":
-        frame.write_json(buffer)
-    else:
-        frame.write_parquet(buffer, compression="zstd")
-    return buffer.getvalue()
-
-
-def write_result(frame: pl.DataFrame, path: Path, fmt: str) -> None:
-    from curate.core.atomic import write_bytes
-
-    write_bytes(Path(path), result_bytes(frame, fmt))
