@@ -119,6 +119,21 @@ def submit(
             "and its parent pool."
         ),
     ] = None,
+    external: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of curate's runs: a CLIP trained on SUBSET elsewhere, as imported by "
+            "`curate import-results` (its --out folder). Its ER is measured against the "
+            "ImageNet testbed's line; not combinable with --results/--baselines."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="The imported model to bundle (ARCH/TAG as in the --external folder); "
+            "optional when the folder holds one model."
+        ),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing bundle.")] = False,
 ) -> None:
     """Bundle a candidate pool's uids, recipe, results and baseline fit with checksums.
@@ -127,31 +142,71 @@ def submit(
     run.json, the baseline runs, the baseline fit, the claimed ER, and checksums.sha256.
     Publish the printed digest with it; anyone can then run `curate verify`.
 
+    With --external, the bundle holds one model trained elsewhere instead: its imported rows
+    (external_results.parquet), its identity and the testbed table's sha256 (config.json) and
+    its claimed ER per ImageNet shift and averaged, with intervals (effective_robustness.json).
+
     Example: curate submit demo/candidates/clip-score --baselines demo/baselines --out sub.tar.gz
+
+    Example: curate submit cands/top30 --external ext --model ViT-B-32/top30 --out sub.tar.gz
     """
-    from curate.submission import create_bundle
+    from curate.submission import KIND_EXTERNAL, create_bundle
 
     summary = create_bundle(
-        subset, out, results=results or [], baselines=baselines or [], overwrite=overwrite
-    )
-    typer.echo(
-        f"wrote {summary.path}: {summary.files} files, runs {', '.join(summary.runs)}, "
-        f"{len(summary.baselines)} baseline runs"
-    )
+        subset, out, results=results or [], baselines=baselines or [], external=external,
+        model=model, overwrite=overwrite,
+    )  # fmt: skip
+    if summary.kind == KIND_EXTERNAL:
+        typer.echo(
+            f"wrote {summary.path}: {summary.files} files, imported model {summary.model} "
+            f"(setup {summary.effective_robustness['comparability_key']})"
+        )
+        _echo_external_er(summary.effective_robustness)
+    else:
+        typer.echo(
+            f"wrote {summary.path}: {summary.files} files, runs {', '.join(summary.runs)}, "
+            f"{len(summary.baselines)} baseline runs"
+        )
     typer.echo(f"bundle digest (sha256 of checksums.sha256): {summary.digest}")
+
+
+def _echo_external_er(claims: dict) -> None:
+    """One line per shift and the average: ER in points, its interval, the labels."""
+    rows = [*claims["shifts"].items()]
+    if claims.get("average") is not None:
+        rows.append(("average", claims["average"]))
+    for shift, row in rows:
+        interval = (
+            f" [{100 * row['er_low']:+.2f}, {100 * row['er_high']:+.2f}]"
+            if row["er_low"] is not None and row["er_high"] is not None
+            else ""
+        )
+        flag = " (extrapolated)" if row["extrapolated"] else ""
+        typer.echo(f"  {shift}: ER {100 * row['effective_robustness']:+.2f} points{interval}{flag}")
 
 
 @app.command("verify")
 def verify(bundle: Annotated[Path, typer.Argument(help="A bundle folder or .tar.gz.")]) -> None:
     """Re-check a submission bundle: checksums, completeness, comparability, recomputed ER.
 
+    A bundle of an imported model (`curate submit --external`) is checked against the testbed
+    table this curate ships (its sha256 is in the bundle's config.json).
+
     Exits with status 2 and names the file at fault when anything does not check out.
 
     Example: curate verify sub.tar.gz
     """
-    from curate.submission import verify_bundle
+    from curate.submission import KIND_EXTERNAL, verify_bundle
 
     summary = verify_bundle(bundle)
+    if summary.kind == KIND_EXTERNAL:
+        typer.echo(
+            f"OK: {bundle} ({summary.files} files, imported model {summary.model}, setup "
+            f"{summary.effective_robustness['comparability_key']})"
+        )
+        _echo_external_er(summary.effective_robustness)
+        typer.echo(f"bundle digest: {summary.digest}")
+        return
     typer.echo(f"OK: {bundle} ({summary.files} files, runs {', '.join(summary.runs)})")
     for pair, claim in summary.effective_robustness.items():
         mean = claim.get("mean_effective_robustness")

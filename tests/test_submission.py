@@ -1,12 +1,16 @@
 """Submission bundles: a good bundle verifies (directory and .tar.gz); a changed, missing or
 added file, a record edited behind a recomputed checksum, and incomparable results are
-rejected with the file named."""
+rejected with the file named. The same for a bundle of an imported model (a CLIP trained on the
+candidate pool elsewhere), whose ER is checked against a hand fit of the testbed table."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
+import math
 import shutil
+import tarfile
 
 import numpy as np
 import polars as pl
@@ -14,13 +18,25 @@ import pytest
 from result_records import ID_TASK, POOL_ID_TASK, SHIFT_TASK, on_line, write_baselines, write_run
 from typer.testing import CliRunner
 
+import curate.cli.imports  # noqa: F401  (registers import-results)
 import curate.cli.results  # noqa: F401  (registers the commands tested here)
 from curate.cli.app import app
 from curate.core.errors import UserInputError
 from curate.core.manifest import Manifest, produced_by
 from curate.core.uid import load_subset, make_uid, save_subset
+from curate.eval.external_er import external_effective_robustness
+from curate.eval.external_results import load_openclip_table
 from curate.eval.records import pack_correct, read_records, unpack_correct
-from curate.submission import CHECKSUMS_FILE, BundleError, create_bundle, verify_bundle
+from curate.eval.testbed import TESTBED_CSV
+from curate.leaderboard.external import EXTERNAL_SETUP
+from curate.submission import (
+    CHECKSUMS_FILE,
+    KIND_EXTERNAL,
+    KIND_RUNS,
+    BundleError,
+    create_bundle,
+    verify_bundle,
+)
 
 SLOPE, INTERCEPT = 0.8, -0.6
 
@@ -214,3 +230,230 @@ def test_incomparable_results_are_refused_and_rejected(subset, tmp_path):
 def test_submit_needs_baselines(subset, tmp_path):
     with pytest.raises(UserInputError, match="no baseline runs found"):
         create_bundle(subset, tmp_path / "bundle")
+
+
+# --- a CLIP trained on the candidate pool elsewhere, imported with `curate import-results` ---
+
+MODEL = "ViT-B-32/candidate-s0"
+EVAL_RESULTS = {  # DataComp's eval_results.jsonl: key -> acc1 (fractions)
+    "imagenet1k": 0.634,
+    "imagenetv2": 0.551,
+    "imagenet_sketch": 0.402,
+    "objectnet": 0.431,
+    "imagenet-r": 0.695,
+    "imagenet-a": 0.312,
+    "cifar10": 0.912,
+}
+SHIFTS = ("imagenetv2", "imagenet_sketch", "objectnet", "imagenet-r", "imagenet-a")
+
+
+def _imagenetv2_line(id_accuracy: float) -> float:
+    """Predicted ImageNetV2 accuracy from the testbed CSV by hand: its fit set (STANDARD, full
+    ImageNet >= 55 %, no subsampled/aws/batch64 models), np.polyfit in logit space."""
+    column = "imagenetv2-matched-frequency-format-val"
+    with open(TESTBED_CSV, newline="") as handle:
+        points = [
+            (float(r["val"]) / 100, float(r[column]) / 100)
+            for r in csv.DictReader(handle)
+            if r["val"]
+            and r[column]
+            and r["model_type"] == "STANDARD"
+            and float(r["val"]) >= 55
+            and not any(part in r["model"].lower() for part in ("subsample", "aws", "batch64"))
+        ]
+    x, y = (np.array(v) for v in zip(*points, strict=True))
+    slope, intercept = np.polyfit(np.log(x / (1 - x)), np.log(y / (1 - y)), 1)
+    return 1 / (1 + math.exp(-(slope * math.log(id_accuracy / (1 - id_accuracy)) + intercept)))
+
+
+def _import(tmp_path, *args):
+    result = CliRunner().invoke(app, ["import-results", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def imported(tmp_path):
+    """DataComp's eval_results.jsonl of one CLIP, imported as MODEL."""
+    jsonl = tmp_path / "eval" / "eval_results.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_text(
+        "".join(
+            json.dumps({"key": key, "dataset": key, "metrics": {"acc1": acc, "acc5": None}}) + "\n"
+            for key, acc in EVAL_RESULTS.items()
+        )
+    )
+    _import(tmp_path, jsonl, "--model", MODEL, "--out", tmp_path / "external")
+    return tmp_path / "external"
+
+
+def _submit_external(subset, tmp_path, external, *extra, name="external-bundle"):
+    out = tmp_path / name
+    result = CliRunner().invoke(
+        app, ["submit", str(subset), "--external", str(external), *extra, "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_imported_model_round_trip(subset, tmp_path, imported):
+    bundle, submitted = _submit_external(subset, tmp_path, imported)  # one model: no --model
+    files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
+    assert files == ["bundle.json", "checksums.sha256", "config.json",
+                     "effective_robustness.json", "external_results.parquet", "recipe.yaml",
+                     "uids.npy"]  # fmt: skip
+    assert load_subset(bundle / "uids.npy") == sorted(
+        pl.read_parquet(subset / "uids.parquet")["uid"]
+    )
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["kind"] == KIND_EXTERNAL and manifest["model"] == MODEL
+    assert manifest["comparability_key"] == EXTERNAL_SETUP and manifest["subset"]["sample_count"]
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["comparability_key"] == EXTERNAL_SETUP
+    assert config["model"]["arch"] == "ViT-B-32" and config["model"]["pretrained"] == "candidate-s0"
+    assert config["tasks"] == {"cifar10": 10000, "imagenet-a": 7500, "imagenet-r": 30000,
+                               "imagenet1k": 50000, "imagenet_sketch": 50889,
+                               "imagenetv2": 10000, "objectnet": 18574}  # fmt: skip
+    assert (
+        config["baseline"]["testbed_sha256"] == hashlib.sha256(TESTBED_CSV.read_bytes()).hexdigest()
+    )
+    rows = pl.read_parquet(bundle / "external_results.parquet")
+    assert dict(zip(rows["task"], rows["accuracy"], strict=True)) == EVAL_RESULTS
+
+    claims = json.loads((bundle / "effective_robustness.json").read_text())
+    assert claims["comparability_key"] == EXTERNAL_SETUP and set(claims["shifts"]) == set(SHIFTS)
+    v2 = claims["shifts"]["imagenetv2"]
+    expected = EVAL_RESULTS["imagenetv2"] - _imagenetv2_line(EVAL_RESULTS["imagenet1k"])
+    assert v2["effective_robustness"] == pytest.approx(expected, abs=1e-9)
+    assert v2["x_axis"] == "val" and claims["shifts"]["objectnet"]["x_axis"].startswith("val (")
+    average = claims["average"]
+    assert average["effective_robustness"] == pytest.approx(
+        np.mean([claims["shifts"][s]["effective_robustness"] for s in SHIFTS]), abs=1e-12
+    )
+    for row in [*claims["shifts"].values(), average]:
+        assert row["er_low"] < row["effective_robustness"] < row["er_high"]
+        assert row["extrapolated"] is False and "baseline fit" in row["interval_covers"]
+    assert f"average: ER {100 * average['effective_robustness']:+.2f} points" in submitted.output
+
+    summary = verify_bundle(bundle)
+    assert summary.kind == KIND_EXTERNAL and summary.model == MODEL
+    assert summary.effective_robustness == claims
+    assert summary.digest == hashlib.sha256((bundle / CHECKSUMS_FILE).read_bytes()).hexdigest()
+    result = CliRunner().invoke(app, ["verify", str(bundle)])
+    assert result.exit_code == 0 and f"OK: {bundle}" in result.output and MODEL in result.output
+
+
+def test_imported_model_from_the_openclip_table(subset, tmp_path):
+    """A folder of 121 models needs --model; the bundle holds that model's rows only, and its
+    ER is what the leaderboard computes for it among all the models."""
+    _import(tmp_path, "--openclip-table", "--out", tmp_path / "openclip")
+    result = CliRunner().invoke(
+        app, ["submit", str(subset), "--external", str(tmp_path / "openclip"), "--out",
+              str(tmp_path / "b")],
+    )  # fmt: skip
+    assert isinstance(result.exception, UserInputError)
+    assert "holds 121 models; pass --model" in str(result.exception)
+    with pytest.raises(UserInputError, match=r"no model 'ViT-B-32/opnai'.*ViT-B-32/openai"):
+        create_bundle(
+            subset, tmp_path / "b", external=tmp_path / "openclip", model="ViT-B-32/opnai"
+        )
+
+    model = "ViT-B-32/openai"
+    bundle = tmp_path / "openclip-bundle.tar.gz"
+    summary = create_bundle(subset, bundle, external=tmp_path / "openclip", model=model)
+    assert bundle.is_file() and summary.model == model
+    table = load_openclip_table()
+    with tarfile.open(bundle) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith(".parquet"))
+        rows = pl.read_parquet(archive.extractfile(member))
+    assert rows["model"].unique().to_list() == [model]
+    assert rows.height == table.filter(pl.col("model") == model).height == 38
+    everyone = external_effective_robustness(table, n_boot=0).table.filter(pl.col("model") == model)
+    claimed = summary.effective_robustness
+    for row in everyone.iter_rows(named=True):
+        mine = claimed["average"] if row["shift"] == "average" else claimed["shifts"][row["shift"]]
+        assert mine["effective_robustness"] == pytest.approx(row["effective_robustness"], abs=1e-12)
+    assert verify_bundle(bundle).digest == summary.digest
+
+
+def test_tampered_claimed_er_fails_naming_the_file(subset, tmp_path, imported):
+    bundle, _ = _submit_external(subset, tmp_path, imported)
+    claims = json.loads((bundle / "effective_robustness.json").read_text())
+    claims["shifts"]["imagenet-r"]["effective_robustness"] += 0.01
+    (bundle / "effective_robustness.json").write_text(json.dumps(claims))
+    with pytest.raises(BundleError, match=r"effective_robustness\.json: checksum mismatch"):
+        verify_bundle(bundle)
+    _rewrite_checksum(bundle, "effective_robustness.json")  # consistent files, false claim
+    with pytest.raises(
+        BundleError,
+        match=r"effective_robustness\.json\.shifts\.imagenet-r\.effective_robustness: claimed",
+    ):
+        verify_bundle(bundle)
+
+
+def test_tampered_imported_rows_fail(subset, tmp_path, imported):
+    bundle, _ = _submit_external(subset, tmp_path, imported)
+    name = "external_results.parquet"
+    rows = pl.read_parquet(bundle / name)
+    better = rows.with_columns(
+        accuracy=pl.when(pl.col("task") == "imagenet-r").then(0.75).otherwise(pl.col("accuracy"))
+    )
+    better.write_parquet(bundle / name)
+    with pytest.raises(BundleError, match=r"external_results\.parquet: checksum mismatch"):
+        verify_bundle(bundle)
+    _rewrite_checksum(bundle, name)  # the rows no longer give the claimed ER
+    with pytest.raises(BundleError, match=r"effective_robustness\.json\.shifts\.imagenet-r\."):
+        verify_bundle(bundle)
+    pl.concat([rows, rows.with_columns(model=pl.lit("other/model"))]).write_parquet(bundle / name)
+    _rewrite_checksum(bundle, name)
+    with pytest.raises(BundleError, match=r"external_results\.parquet: 2 models"):
+        verify_bundle(bundle)
+
+
+def test_another_testbed_table_fails(subset, tmp_path, imported):
+    bundle, _ = _submit_external(subset, tmp_path, imported)
+    config = json.loads((bundle / "config.json").read_text())
+    config["baseline"]["testbed_sha256"] = "0" * 64
+    (bundle / "config.json").write_text(json.dumps(config))
+    _rewrite_checksum(bundle, "config.json")
+    with pytest.raises(BundleError, match=r"config\.json: baseline\.testbed_sha256 '0+' is not"):
+        verify_bundle(bundle)
+
+
+def test_own_runs_and_an_imported_model_never_mix(subset, tmp_path, imported):
+    result = CliRunner().invoke(
+        app, ["submit", str(subset), "--external", str(imported), "--results", str(subset),
+              "--out", str(tmp_path / "mixed")],
+    )  # fmt: skip
+    assert isinstance(result.exception, UserInputError)
+    assert "either --external" in str(result.exception) and "\n" not in str(result.exception)
+    assert not (tmp_path / "mixed").exists()
+    with pytest.raises(UserInputError, match="--model 'ViT-B-32/x' names an imported model"):
+        create_bundle(subset, tmp_path / "mixed", model="ViT-B-32/x")
+    with pytest.raises(UserInputError, match=r"not a `curate import-results` folder"):
+        create_bundle(subset, tmp_path / "mixed", external=tmp_path / "baselines")
+
+    # a bundle whose files mix both setups fails even with consistent checksums
+    runs_bundle = _bundle(subset, tmp_path).path
+    assert json.loads((runs_bundle / "bundle.json").read_text())["kind"] == KIND_RUNS
+    bundle, _ = _submit_external(subset, tmp_path, imported)
+    shutil.copytree(runs_bundle / "results", bundle / "results")
+    (bundle / CHECKSUMS_FILE).write_text(
+        "".join(
+            f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(bundle).as_posix()}\n"
+            for p in sorted(bundle.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS_FILE
+        )
+    )
+    with pytest.raises(BundleError, match=r"results: curate's own runs in a bundle of an imported"):
+        verify_bundle(bundle)
+
+
+def test_a_bundle_without_kind_is_curates_own_runs(subset, tmp_path):
+    """Bundles made before bundle.json had ``kind`` still verify."""
+    bundle = _bundle(subset, tmp_path).path
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    del manifest["kind"]
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    _rewrite_checksum(bundle, "bundle.json")
+    assert verify_bundle(bundle).kind == KIND_RUNS
