@@ -9,8 +9,9 @@ one machine. Steps, each a `curate` subprocess whose own peak RSS comes from ``o
    default 256, not L/14's 768, to keep generation and disk to minutes and 2 x 5 GB);
 2. ``curate ingest SOURCE --out POOL --format datacomp``: a metadata-only pool whose
    embeddings/datacomp-l14/ holds the vectors as memory-mapped float16 .npy;
-3. the baseline: polars reading samples.parquet whole (the floor of any build-pool, which
-   holds the sample table in memory);
+3. the baseline: polars reading samples.parquet whole (what build-pool held in memory
+   before its stages ran shard by shard; now it reads only the stages' columns, a shard at a
+   time, so it can beat this baseline);
 4. ``curate build-pool`` with clip_score top 30% over ``clip_l14_similarity_score``,
    DataComp's basic thresholds and the text-based (ImageNet-21k names) filter, in the
    issue's order (score cut first) and with the cut last (every stage sees more rows and

@@ -1,4 +1,9 @@
-"""Benchmark: DataComp's CLIP-score top-30% baseline over a small-scale metadata pool.
+"""Benchmark: DataComp's CLIP-score top-30% selection step over a small-scale metadata pool.
+
+This times the selection *functions* after their imports (DataComp's algorithm re-implemented
+as in its code, DuckDB, curate's ``select_by_clip_score``); the users' *commands* as whole
+processes, DataComp's own ``baselines.py`` against ``curate ingest`` + ``curate build-pool``,
+are timed by ``bench/bench_datacomp_scale.py``.
 
 Generates a pool in DataComp's metadata schema (uid, url, text, original_width,
 original_height, clip_b32_similarity_score, clip_l14_similarity_score, sha256; 12.8M rows

@@ -1,37 +1,48 @@
-"""Benchmark: the `near_dedup` and `image_based` stages at 1M rows × 512-d float16 embeddings.
+"""Benchmark: the user's `curate build-pool` with `near_dedup` and with `image_based` over a
+pool of N × d float16 image embeddings (default 1M × 768, DataComp small's L/14 width).
 
-Data (generated, vectorised; curate.dedup.synthetic): unit vectors around 10,000 cluster
-centers, 10% of rows replaced by near-duplicates of another row (cosine 1 down to ~0.91), so
-near-duplicate groups straddle the 0.95 threshold. A target set for image_based: noisy copies
-of rows from 50 of the centers.
+Data (generated once, vectorised, a block at a time: curate.dedup.synthetic): unit vectors
+around 10,000 cluster centers, 10% of rows replaced by near-duplicates of another row of the
+same 1M-row block (cosine 1 down to ~0.91), so near-duplicate groups straddle the 0.95
+threshold; a metadata pool (samples.parquet with the uids, manifest.json, the embeddings as
+embeddings/bench/image.npy) under ``--work-dir`` (default /work/bench_data/faiss-N×d: keep it
+out of the repository; it is reused by later runs). A target set for image_based: noisy copies
+of rows of 50 of the centers.
 
-Each step runs in its own process (clean peak RSS), on the real stage entry points over a
-minimal pool directory (embeddings/bench/image.npy + meta.json):
+Steps, each timed as a whole process (cold start included) with the peak RSS of its process
+tree (the sum over the command and its worker processes, sampled every 0.2 s from /proc)
+and its CPU seconds (it and its reaped workers, from os.wait4):
 
-  near_dedup   the stage as a recipe runs it (IVF index by the default nlist/nprobe rules,
-               grouping, keep mask), with its recall check switched off.
-  exact        the baseline: brute-force search (numpy matrix product over all rows) for
-               --queries random query rows; its time × rows / queries extrapolates exact
-               all-pairs search. Recall = share of those exact pairs (cosine ≥ threshold) that
-               near_dedup found (read from the pairs near_dedup cached in its work dir).
-  image_based  the stage (k-means on a seeded sample, assignment of every row, target
-               clusters), then a check of its assignment against numpy argmax on 10k rows.
+  near_dedup   `curate build-pool` of a one-stage recipe (index: auto, so IVF at this size,
+               with its tasks on --executor/--workers); the stage itself reports its recall
+               against brute force on --recall-sample query rows (computed inside the same
+               command, as tasks over blocks of the file).
+  exact        the baseline, in the same run: brute-force search (chunked numpy products over
+               the float16 file, as the stage's recall check) for the same number of query
+               rows; its time × N / queries extrapolates exact all-pairs search.
+  image_based  `curate build-pool` of a one-stage recipe (k-means with --n-clusters on a
+               --train-sample seeded sample, then the assignment as tasks).
+  in_memory    (``--check-in-memory``, default up to 2M rows) the in-memory path: the whole
+               pool as one float32 matrix, the same k-means, image_based_keep; its kept uids
+               must equal build-pool's (asserted).
 
 Prints wall and CPU seconds (the machine may be shared: CPU seconds are the fairer figure),
-peak RSS per step, recall, and the speed ratio exact-all-pairs / near_dedup (target ≥ 10×,
-recall ≥ 0.99).
+peak RSS per step, recall, the speed ratio exact-all-pairs / near_dedup, and writes every
+figure to ``--json``.
 
-``--compare-sharded`` runs instead the two exact searches of ``near_dedup`` on the same data,
-each in its own process: ``index: flat`` (the survivors' vectors copied to float32, one
-IndexFlatIP of all of them) and ``index: sharded_flat`` (one IndexFlatIP of ``--shard-rows``
-rows at a time, the rows read in blocks from the float16 file). It asserts that both keep the
-same rows for the same reasons, and prints time, CPU and the stage's own peak RSS (the
-kernel's peak counter reset once the imports are done) with the sharded/flat ratios. Exact
-search is quadratic: keep ``--rows`` small (40k rows × 512-d take about 20 CPU-seconds flat).
+``--compare-sharded`` runs instead the two exact searches of ``near_dedup`` on the same data
+(stage functions, each in its own process): ``index: flat`` (the survivors' vectors copied to
+float32, one IndexFlatIP of all of them) and ``index: sharded_flat`` (one IndexFlatIP of
+``--shard-rows`` rows at a time, the rows read in blocks from the float16 file). It asserts
+that both keep the same rows for the same reasons, and prints time, CPU and the stage's own
+peak RSS (the kernel's peak counter reset once the imports are done) with the sharded/flat
+ratios. Exact search is quadratic: keep ``--rows`` small (40k rows × 512-d take about 20
+CPU-seconds flat).
 
-    python bench/bench_faiss_stages.py                       # 1M rows in a temporary dir
-    python bench/bench_faiss_stages.py --rows 200000 --work-dir /tmp/fb   # keep the data
-    python bench/bench_faiss_stages.py --compare-sharded --rows 40000 --shard-rows 8192
+    python bench/bench_faiss_stages.py                                  # 1M x 768
+    python bench/bench_faiss_stages.py --rows 200000 --recall-sample 2000
+    python bench/bench_faiss_stages.py --rows 12800000 --skip near_dedup,exact   # image_based
+    python bench/bench_faiss_stages.py --compare-sharded --rows 40000 --dim 512 --shard-rows 8192
 """
 
 from __future__ import annotations
@@ -43,7 +54,7 @@ import resource
 import shutil
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,6 +62,8 @@ from typing import Any
 import numpy as np
 
 EMBEDDINGS = "bench"
+N_CENTERS = 10_000
+BENCH_DATA = Path("/work/bench_data")
 
 
 def _usage() -> tuple[float, float, float]:
@@ -59,17 +72,195 @@ def _usage() -> tuple[float, float, float]:
     return time.perf_counter(), usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def _measured_run(stage, ctx, params) -> tuple[Any, dict]:
-    """Run a stage; its result and the wall, CPU and peak-RSS figures of the run."""
+# -- data ------------------------------------------------------------------------------------
+
+
+def step_generate(args: argparse.Namespace, work: Path) -> dict:
+    import polars as pl
+
+    from curate.core.manifest import Manifest, produced_by
+    from curate.dedup.synthetic import planted_near_duplicates_file
+
     started = _usage()
-    result = stage.run(ctx, params)
+    pool = work / "pool"
+    layout = pool / "embeddings" / EMBEDDINGS
+    layout.mkdir(parents=True, exist_ok=True)
+    center = planted_near_duplicates_file(
+        layout / "image.npy", args.rows, args.dim, n_centers=N_CENTERS, duplicate_fraction=0.1
+    )
+    (layout / "meta.json").write_text(json.dumps({"name": EMBEDDINGS, "synthetic": True}))
+    uids = pl.Series("uid", np.char.mod("%032x", np.arange(args.rows)))
+    pl.DataFrame({"uid": uids}).write_parquet(pool / "samples.parquet")
+    rng = np.random.default_rng(1)
+    centers = rng.choice(N_CENTERS, size=50, replace=False)
+    members = np.flatnonzero(np.isin(center, centers))
+    members = np.sort(rng.choice(members, min(5000, len(members)), replace=False))
+    image = np.load(layout / "image.npy", mmap_mode="r")
+    chosen = np.asarray(image[members], dtype=np.float32)
+    target = chosen + rng.standard_normal(chosen.shape, np.float32) * (0.2 / np.sqrt(args.dim))
+    target /= np.linalg.norm(target, axis=1, keepdims=True)
+    np.save(work / "target.npy", target.astype(np.float16))
+    Manifest("bench", "pool", {"type": "synthetic"}, args.rows, False, produced_by("bench")).write(
+        pool
+    )
     ended = _usage()
-    return result, {
+    return {"wall_s": ended[0] - started[0]}
+
+
+# -- the user's command, measured -------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    return children
+
+
+def _tree_rss_bytes(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants (sum of VmRSS)."""
+    children, total, todo = _children(), 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def run_measured(command: list[str], label: str) -> dict[str, float]:
+    """Run a command as a whole process: wall and CPU seconds (with its reaped workers), its
+    own peak RSS (kernel) and its process tree's peak RSS (sampled)."""
+    print(f"$ {' '.join(str(c) for c in command)}", flush=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.2):
+            peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    done.set()
+    sampler.join()
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{label} failed (exit {os.waitstatus_to_exitcode(status)})")
+    return {
+        "wall_s": seconds,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "tree_peak_rss_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024),
+    }
+
+
+def build_pool_command(args: argparse.Namespace, work: Path, name: str, stage: str) -> dict:
+    recipe = work / f"{name}.yaml"
+    recipe.write_text(f"name: {name}\nseed: 0\nstages:\n{stage}")
+    out = work / "out" / name
+    command = [sys.executable, "-m", "curate.cli.main", "build-pool", str(recipe)]
+    command += ["--pool", str(work / "pool"), "--out", str(out), "--overwrite"]
+    command += ["--executor", args.executor, "--device", args.device]
+    if args.workers:
+        command += ["--workers", str(args.workers)]
+    measured = run_measured(command, name)
+    import polars as pl
+
+    stages = pl.read_parquet(out / "stages.parquet").to_dicts()
+    measured["stage_seconds"] = stages[0]["seconds"]
+    measured["report"] = json.loads(stages[0]["report"])
+    measured["rows_out"] = stages[0]["rows_out"]
+    return measured
+
+
+def near_dedup_run(args: argparse.Namespace, work: Path) -> dict:
+    stage = (
+        f"  - stage: near_dedup\n    params: {{threshold: {args.threshold}, "
+        f"recall_sample: {args.recall_sample}}}\n"
+    )
+    return build_pool_command(args, work, "bench_near_dedup", stage)
+
+
+def image_based_run(args: argparse.Namespace, work: Path) -> dict:
+    stage = (
+        f'  - stage: image_based\n    params: {{target_embeddings: "{work / "target.npy"}", '
+        f"n_clusters: {args.n_clusters}, train_sample: {args.train_sample}}}\n"
+    )
+    return build_pool_command(args, work, "bench_image_based", stage)
+
+
+# -- the baselines, in the same run ----------------------------------------------------------
+
+
+def step_exact(args: argparse.Namespace, work: Path) -> dict:
+    """Brute force for ``--recall-sample`` query rows over blocks of the float16 file (in this
+    process, all cores): the exact search the stage's recall check runs."""
+    from curate.dedup.blocks import NpyFile, Survivors
+    from curate.dedup.knn import Pairs, block_pairs, configure_threads
+
+    configure_threads()
+    image = NpyFile.open(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy")
+    rows = Survivors(image, np.arange(len(image)))
+    queries = np.sort(
+        np.random.default_rng(3).choice(len(image), args.recall_sample, replace=False)
+    )
+    started = _usage()
+    query_vectors = rows.take(queries)
+    parts = []
+    for start in range(0, len(image), 1 << 16):
+        block = rows.block(start, start + (1 << 16))
+        q, j, similarity = block_pairs(query_vectors, block, args.threshold)
+        parts.append((queries[q], start + j, similarity))
+    exact = Pairs.from_directed(parts)
+    ended = _usage()
+    wall, cpu = ended[0] - started[0], ended[1] - started[1]
+    scale = len(image) / len(queries)
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_mib": ended[2],
+        "queries": len(queries),
+        "exact_pairs": len(exact),
+        "all_pairs_wall_s": wall * scale,
+        "all_pairs_cpu_s": cpu * scale,
+    }
+
+
+def step_in_memory(args: argparse.Namespace, work: Path) -> dict:
+    """image_based's in-memory path: the whole pool as one float32 matrix, the same seeded
+    k-means, image_based_keep; its kept uids, to compare with build-pool's."""
+    import polars as pl
+
+    from curate.dedup.clustering import kmeans
+    from curate.dedup.image_based import image_based_keep
+
+    started = _usage()
+    vectors = np.load(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy").astype(np.float32)
+    target = np.load(work / "target.npy").astype(np.float32)
+    centroids = kmeans(vectors, args.n_clusters, seed=0, train_sample=args.train_sample)
+    selection = image_based_keep(vectors, target, centroids=centroids)
+    ended = _usage()
+    uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy()
+    kept = pl.read_parquet(work / "out" / "bench_image_based" / "uids.parquet")["uid"]
+    same = bool(np.array_equal(np.sort(uids[selection.keep]), kept.to_numpy()))
+    return {
         "wall_s": ended[0] - started[0],
         "cpu_s": ended[1] - started[1],
         "peak_rss_mib": ended[2],
-        "rss_before_mib": started[2],
-        "report": result.report,
+        "kept": int(selection.keep.sum()),
+        "same_kept_uids_as_build_pool": same,
     }
 
 
@@ -80,7 +271,9 @@ def _context(work: Path, step: str, seed: int = 0):
 
     stage_work = work / f"work-{step}"
     stage_work.mkdir(exist_ok=True)
-    rows = pl.read_parquet(work / "pool" / "rows.parquet")
+    rows = pl.read_parquet(work / "pool" / "samples.parquet").with_columns(
+        row=pl.int_range(pl.len(), dtype=pl.Int64)
+    )
     return StageContext(
         rows=rows,
         pool_root=work / "pool",
@@ -88,45 +281,6 @@ def _context(work: Path, step: str, seed: int = 0):
         work_dir=stage_work,
         embeddings_name=EMBEDDINGS,
     )
-
-
-def step_generate(args: argparse.Namespace, work: Path) -> dict:
-    import polars as pl
-
-    from curate.dedup.synthetic import planted_near_duplicates
-
-    started = _usage()
-    planted = planted_near_duplicates(
-        args.rows, args.dim, n_centers=10_000, duplicate_fraction=0.1, seed=0, dtype=np.float16
-    )
-    layout = work / "pool" / "embeddings" / EMBEDDINGS
-    layout.mkdir(parents=True, exist_ok=True)
-    np.save(layout / "image.npy", planted.vectors)
-    (layout / "meta.json").write_text(json.dumps({"name": EMBEDDINGS, "synthetic": True}))
-    uids = pl.Series("uid", np.char.mod("%032x", np.arange(args.rows)))
-    pl.DataFrame({"uid": uids, "row": np.arange(args.rows, dtype=np.int64)}).write_parquet(
-        work / "pool" / "rows.parquet"
-    )
-    rng = np.random.default_rng(1)
-    centers = rng.choice(10_000, size=50, replace=False)
-    members = np.flatnonzero(np.isin(planted.center, centers))
-    chosen = planted.vectors[rng.choice(members, size=min(5000, len(members)), replace=False)]
-    target = chosen.astype(np.float32) + rng.standard_normal(chosen.shape, np.float32) * (
-        0.2 / np.sqrt(args.dim)
-    )
-    target /= np.linalg.norm(target, axis=1, keepdims=True)
-    np.save(work / "target.npy", target.astype(np.float16))
-    ended = _usage()
-    return {"wall_s": ended[0] - started[0], "planted_duplicates": int((planted.source >= 0).sum())}
-
-
-def step_near_dedup(args: argparse.Namespace, work: Path) -> dict:
-    from curate.filters.catalog import get_stage
-
-    stage = get_stage("near_dedup")
-    ctx = _context(work, "near_dedup")
-    params = stage.params_model(threshold=args.threshold, recall_sample=0)
-    return _measured_run(stage, ctx, params)[1]
 
 
 def _status_mib(field: str) -> float:
@@ -171,59 +325,10 @@ def step_near_dedup_sharded(args: argparse.Namespace, work: Path) -> dict:
     return _exact_near_dedup(args, work, "sharded_flat")
 
 
-def step_exact(args: argparse.Namespace, work: Path) -> dict:
-    from curate.dedup.knn import Pairs, exact_pairs, pair_recall
-
-    image = work / "pool" / "embeddings" / EMBEDDINGS / "image.npy"
-    vectors = np.load(image)  # in memory before timing, as the stage has it
-    queries = np.sort(np.random.default_rng(3).choice(len(vectors), args.queries, replace=False))
-    started = _usage()
-    exact = exact_pairs(vectors, queries, args.threshold)
-    ended = _usage()
-    (pairs_file,) = (work / "work-near_dedup").glob("near-pairs-*.npz")
-    with np.load(pairs_file) as stored:
-        found = Pairs(stored["left"], stored["right"], stored["similarity"])
-    wall, cpu = ended[0] - started[0], ended[1] - started[1]
-    scale = len(vectors) / len(queries)
-    return {
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "peak_rss_mib": ended[2],
-        "queries": len(queries),
-        "exact_pairs": len(exact),
-        "recall": pair_recall(found, exact, queries, len(vectors)),
-        "all_pairs_wall_s": wall * scale,
-        "all_pairs_cpu_s": cpu * scale,
-    }
-
-
-def step_image_based(args: argparse.Namespace, work: Path) -> dict:
-    from curate.dedup.clustering import assign
-    from curate.filters.catalog import get_stage
-
-    stage = get_stage("image_based")
-    ctx = _context(work, "image_based")
-    params = stage.params_model(
-        target_embeddings=work / "target.npy",
-        n_clusters=args.n_clusters,
-        train_sample=args.train_sample,
-    )
-    result, measured = _measured_run(stage, ctx, params)
-    (centroids_file,) = ctx.work_dir.glob("kmeans-*.npz")
-    centroids = np.load(centroids_file)["centroids"]
-    sample = np.random.default_rng(2).choice(args.rows, size=10_000, replace=False)
-    vectors = np.load(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy", mmap_mode="r")
-    sample_vectors = np.asarray(vectors[np.sort(sample)], dtype=np.float32)
-    faiss_ids, _ = assign(sample_vectors, centroids)
-    numpy_ids = np.argmax(sample_vectors @ centroids.T, axis=1)
-    return {**measured, "assignment_agrees_with_numpy": float((faiss_ids == numpy_ids).mean())}
-
-
 STEPS = {
     "generate": step_generate,
-    "near_dedup": step_near_dedup,
     "exact": step_exact,
-    "image_based": step_image_based,
+    "in_memory": step_in_memory,
     "near_dedup_flat": step_near_dedup_flat,
     "near_dedup_sharded": step_near_dedup_sharded,
 }
@@ -239,12 +344,22 @@ def run_step(step: str, argv: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--threshold", type=float, default=0.95)
-    parser.add_argument("--queries", type=int, default=2000, help="exact-search sample size")
+    parser.add_argument("--recall-sample", type=int, default=10_000, help="exact-search query rows")
     parser.add_argument("--n-clusters", type=int, default=2048, help="image_based k-means")
     parser.add_argument("--train-sample", type=int, default=131_072, help="k-means rows")
-    parser.add_argument("--work-dir", type=Path, help="keep (and reuse) the data here")
+    parser.add_argument("--executor", default="local")
+    parser.add_argument("--workers", type=int, help="--workers of build-pool")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work-dir", type=Path, help="data and outputs (reused)")
+    parser.add_argument("--skip", default="", help="comma-separated steps to leave out")
+    parser.add_argument(
+        "--check-in-memory",
+        action=argparse.BooleanOptionalAction,
+        help="run image_based's in-memory path and compare (default: up to 2M rows)",
+    )
+    parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
         "--compare-sharded",
         action="store_true",
@@ -258,66 +373,93 @@ def main() -> None:
         print(json.dumps(STEPS[args.step](args, args.work_dir), default=float))
         return
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-faiss-"))
+    work = args.work_dir or BENCH_DATA / f"faiss-{args.rows}x{args.dim}"
+    work.mkdir(parents=True, exist_ok=True)
     argv = [a for a in sys.argv[1:] if a != "--work-dir" and a != str(args.work_dir)]
     argv += ["--work-dir", str(work)]
-    try:
-        if not (work / "target.npy").is_file():
-            generated = run_step("generate", argv)
-            print(
-                f"generated {args.rows:,} x {args.dim} float16 in {generated['wall_s']:.1f}s "
-                f"({generated['planted_duplicates']:,} planted near-duplicates)",
-                flush=True,
-            )
-        for stage_work in work.glob("work-*"):
-            shutil.rmtree(stage_work)  # time the stages from scratch, not from their caches
-        if args.compare_sharded:
-            flat = run_step("near_dedup_flat", argv)
-            sharded = run_step("near_dedup_sharded", argv)
-            report_sharded(args, work, flat, sharded)
-            return
-        near = run_step("near_dedup", argv)
-        exact = run_step("exact", argv)
-        image = run_step("image_based", argv)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    if not (work / "pool" / "manifest.json").is_file():
+        generated = run_step("generate", argv)
+        print(
+            f"generated {args.rows:,} x {args.dim} float16 in {generated['wall_s']:.1f}s "
+            f"under {work}",
+            flush=True,
+        )
+    for stage_work in work.glob("work-*"):
+        shutil.rmtree(stage_work)  # time the stages from scratch, not from their caches
+    if args.compare_sharded:
+        flat = run_step("near_dedup_flat", argv)
+        sharded = run_step("near_dedup_sharded", argv)
+        report_sharded(args, work, flat, sharded)
+        return
 
-    cores = len(os.sched_getaffinity(0))
+    skip = set(filter(None, args.skip.split(",")))
+    results: dict[str, Any] = {
+        "rows": args.rows,
+        "dim": args.dim,
+        "cores": len(os.sched_getaffinity(0)),
+        "executor": args.executor,
+        "workers": args.workers,
+    }
+    if "near_dedup" not in skip:
+        results["near_dedup"] = near_dedup_run(args, work)
+    if "exact" not in skip and args.recall_sample:
+        results["exact"] = run_step("exact", argv)
+    if "image_based" not in skip:
+        results["image_based"] = image_based_run(args, work)
+        check = args.check_in_memory
+        if check or (check is None and args.rows <= 2_000_000):
+            results["in_memory"] = run_step("in_memory", argv)
+    results["load_average"] = os.getloadavg()[0]
+    report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+
+
+def report(results: dict[str, Any]) -> None:
     print(
-        f"\n{args.rows:,} rows x {args.dim}-d, threshold {args.threshold}, {cores} cores "
-        f"(load average {os.getloadavg()[0]:.1f})"
+        f"\n{results['rows']:,} rows x {results['dim']}-d float16, {results['cores']} cores "
+        f"(load average {results['load_average']:.1f}), --executor {results['executor']} "
+        f"--workers {results['workers'] or 'default'}"
     )
-    print(f"{'step':<34}{'wall s':>10}{'CPU s':>10}{'peak RSS MiB':>14}")
-    print(
-        f"{'near_dedup stage':<34}{near['wall_s']:>10.1f}{near['cpu_s']:>10.1f}"
-        f"{near['peak_rss_mib']:>14.0f}"
-    )
-    print(
-        f"{'exact search, ' + str(exact['queries']) + ' queries':<34}{exact['wall_s']:>10.1f}"
-        f"{exact['cpu_s']:>10.1f}{exact['peak_rss_mib']:>14.0f}"
-    )
-    print(
-        f"{'exact all-pairs (extrapolated)':<34}{exact['all_pairs_wall_s']:>10.0f}"
-        f"{exact['all_pairs_cpu_s']:>10.0f}"
-    )
-    print(
-        f"{'image_based stage':<34}{image['wall_s']:>10.1f}{image['cpu_s']:>10.1f}"
-        f"{image['peak_rss_mib']:>14.0f}"
-    )
-    print(f"\nnear_dedup: {json.dumps(near['report'])}")
-    print(
-        f"near_dedup recall vs exact: {exact['recall']} over {exact['exact_pairs']} exact pairs "
-        f"touching {exact['queries']} query rows (target >= 0.99)"
-    )
-    print(
-        f"speed vs exact all-pairs: {exact['all_pairs_wall_s'] / near['wall_s']:.1f}x wall, "
-        f"{exact['all_pairs_cpu_s'] / near['cpu_s']:.1f}x CPU (target >= 10x)"
-    )
-    print(
-        f"image_based: {json.dumps(image['report'])}; assignment = numpy argmax on "
-        f"{image['assignment_agrees_with_numpy']:.4%} of 10k sampled rows"
-    )
+    print(f"{'step':<42}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'tree peak MiB':>15}")
+    rows = [
+        ("curate build-pool, near_dedup", results.get("near_dedup")),
+        ("exact search, sample of query rows", results.get("exact")),
+        ("curate build-pool, image_based", results.get("image_based")),
+        ("image_based in memory (float32 matrix)", results.get("in_memory")),
+    ]
+    for name, step in rows:
+        if step is None:
+            continue
+        tree = step.get("tree_peak_rss_mib")
+        print(
+            f"{name:<42}{step['wall_s']:>9.1f}{step['cpu_s']:>9.1f}{step['peak_rss_mib']:>14.0f}"
+            f"{'-' if tree is None else f'{tree:.0f}':>15}"
+        )
+    near, exact = results.get("near_dedup"), results.get("exact")
+    if near:
+        print(f"\nnear_dedup report: {json.dumps(near['report'])}")
+    if exact:
+        print(
+            f"exact all-pairs, extrapolated from {exact['queries']:,} queries: "
+            f"{exact['all_pairs_wall_s']:,.0f} s wall, {exact['all_pairs_cpu_s']:,.0f} s CPU"
+        )
+    if near and exact:
+        print(
+            f"build-pool near_dedup vs exact all-pairs: "
+            f"{exact['all_pairs_wall_s'] / near['wall_s']:.1f}x wall, "
+            f"{exact['all_pairs_cpu_s'] / near['cpu_s']:.1f}x CPU "
+            "(the build-pool run includes its own recall check on the same number of rows)"
+        )
+    image, in_memory = results.get("image_based"), results.get("in_memory")
+    if image:
+        print(f"image_based report: {json.dumps(image['report'])}")
+    if in_memory:
+        print(
+            f"image_based kept set equal to the in-memory path's: "
+            f"{in_memory['same_kept_uids_as_build_pool']} ({in_memory['kept']:,} kept)"
+        )
+        assert in_memory["same_kept_uids_as_build_pool"], "build-pool keeps other rows"
 
 
 def report_sharded(args: argparse.Namespace, work: Path, flat: dict, sharded: dict) -> None:

@@ -13,10 +13,14 @@ disk to time each finished *part*:
     ingest      a finished shard tar in the staging pool (``.pool.partial/shards/*.tar``)
     embed       a shard listed in the staging set's ``progress.json``
     build-pool  a finished recipe stage (``_resume/*/stats.json``), then a resharded tar
+    build-meta  build-pool over a DataComp metadata pool used in place (60,000 rows in 6
+                files, ``--shard-rows 4000``: 18 shards): every map and reduce step's output,
+                a stage's decisions for one shard (``_resume/*/parts/*.parquet``),
+                exact_dedup's partitions (``removed-*.parquet``), the sorted kept uids
     score       a saved training state (``train_state.pt``'s step), the final checkpoint,
                 ``results.jsonl``
 
-Then N trials, round-robin over the four stages. A trial draws (seeded) how many parts k
+Then N trials, round-robin over the five stages. A trial draws (seeded) how many parts k
 (1 .. parts-1) must be done, starts the CLI, waits until k parts are on disk, sleeps a random
 fraction of the reference's time for part k+1, SIGKILLs the process group, lists the parts
 present, reruns the command to completion and compares every output file with the reference.
@@ -105,6 +109,21 @@ RECIPE = {
 }
 
 
+META_RECIPE = {
+    "name": "fault_trials_meta",
+    "description": "DataComp's CLIP score top 30 %, basic, exact duplicates, text-based",
+    "seed": 0,
+    "stages": [
+        {"stage": "clip_score", "params": {"fraction": 0.3, "column": "clip_l14_similarity_score"}},
+        {"stage": "basic", "params": {"min_side": 100}},
+        {"stage": "exact_dedup"},
+        {"stage": "text_based", "params": {"vocab": "cifar10"}},
+    ],
+}
+META_FILES, META_ROWS, META_SHARD_ROWS = 6, 60_000, 4_000
+META_SHARDS = META_FILES * math.ceil(META_ROWS / META_FILES / META_SHARD_ROWS)
+
+
 @dataclass(frozen=True)
 class Inputs:
     """What every run of a stage starts from (never written to by a trial)."""
@@ -116,6 +135,8 @@ class Inputs:
     recipe: Path  # build-pool
     demo_pool: Path  # score: 300 samples + a holdout
     scales: Path  # score
+    meta_pool: Path  # build-meta: DataComp metadata used in place
+    meta_recipe: Path  # build-meta
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,38 @@ def _build_pool_says(out: Path, stdout: str) -> tuple[int, str]:
     return resumed, f"{resumed} of {table.height} stages resumed" if resumed else ""
 
 
+# -- build-pool over metadata used in place: map -> reduce -----------------------------------
+
+
+def _build_meta(inputs: Inputs, run_dir: Path) -> tuple[list[str], Path]:
+    out = run_dir / "candidate"
+    command = ["build-pool", str(inputs.meta_recipe), "--pool", str(inputs.meta_pool),
+               "--out", str(out), "--shard-rows", str(META_SHARD_ROWS),
+               "--workers", "2"]  # fmt: skip
+    return command, out
+
+
+def _build_meta_parts(out: Path) -> list[str]:
+    """Each stage's decisions per shard, exact_dedup's reduced partitions, the sorted kept
+    uids; all of them once the output is complete (its work folders are gone by then)."""
+    stages = len(META_RECIPE["stages"])
+    if out.exists():
+        done = [f"stage {k}: shard {s}" for k in range(stages) for s in range(META_SHARDS)]
+        return done + ["exact_dedup: partition 0", "kept uids: bucket 0"]
+    staging = staging_dir_for(out)
+    parts = []
+    for folder in sorted((staging / "_resume").glob("*")):
+        index = int(folder.name[:3])
+        if (folder / "stats.json").is_file():
+            parts += [f"stage {index}: shard {s}" for s in range(META_SHARDS)]
+        else:
+            parts += [f"stage {index}: shard {int(p.stem)}" for p in folder.glob("parts/*.parquet")]
+        parts += [f"exact_dedup: partition {int(p.stem[8:])}"
+                  for p in folder.glob("work/partitions/removed-*.parquet")]  # fmt: skip
+    parts += [f"kept uids: bucket {int(p.stem[7:])}" for p in staging.glob("_kept/sorted-*.npy")]
+    return sorted(set(parts))
+
+
 # -- score -----------------------------------------------------------------------------------
 
 
@@ -301,6 +354,7 @@ STAGES = (
     Stage("ingest", _ingest, _ingest_parts, Path.exists, _nothing_said, True),
     Stage("embed", _embed, _embed_parts, Path.exists, _embed_says, True),
     Stage("build-pool", _build_pool, _build_pool_parts, Path.exists, _build_pool_says, True),
+    Stage("build-meta", _build_meta, _build_meta_parts, Path.exists, _build_pool_says, True),
     Stage("score", _score, _score_parts, _score_finished, _score_says, False),
 )
 
@@ -565,36 +619,49 @@ def run_trial(number: int, stage: Stage, inputs: Inputs, run_dir: Path, referenc
                  found)  # fmt: skip
 
 
-def build_inputs(work: Path) -> Inputs:
-    """The inputs of the four stages under ``work/inputs``; the ingest and embed reference
-    runs make the pools embed and build-pool start from."""
+def build_inputs(work: Path, names: set[str] | None = None) -> Inputs:
+    """The inputs of the stages under ``work/inputs`` (only those the ``names`` stages need);
+    the ingest and embed reference runs make the pools embed and build-pool start from."""
+    names = names or {stage.name for stage in STAGES}
     root = work / "inputs"
     source = root / "source"
     source.mkdir(parents=True)
-    cifar = pl.read_parquet(REPO / "curate" / "demo" / "data" / "cifar10_train.parquet")
-    for part in range(3):
-        cifar.slice(part * 2000, 2000).write_parquet(source / f"part-{part}.parquet")
     checkpoint = root / "filter-model"
-    curate(["train-filter", "demo:cifar10_train", "--out", str(checkpoint), "--scale",
-            "tiny-test"])  # fmt: skip
     recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False), "utf-8")
     demo = root / "demo"
-    curate(["demo-pool", "--out", str(demo), "--size", "300", "--holdout-size", "50"])
     scales = root / "scales.yaml"
-    shipped_scales = REPO / "curate" / "training" / "scales.yaml"
-    tiny_test = yaml.safe_load(shipped_scales.read_text("utf-8"))["tiny-test"]
-    scale = {**tiny_test, "samples_seen": 24 * 64, "batch_size": 64, "checkpoint_every": 3}
-    scales.write_text(yaml.safe_dump({SCALE: scale}), "utf-8")
+    if names & {"ingest", "embed", "build-pool"}:
+        cifar = pl.read_parquet(REPO / "curate" / "demo" / "data" / "cifar10_train.parquet")
+        for part in range(3):
+            cifar.slice(part * 2000, 2000).write_parquet(source / f"part-{part}.parquet")
+        curate(["train-filter", "demo:cifar10_train", "--out", str(checkpoint), "--scale",
+                "tiny-test"])  # fmt: skip
+        recipe.write_text(yaml.safe_dump(RECIPE, sort_keys=False), "utf-8")
+    if "score" in names:
+        curate(["demo-pool", "--out", str(demo), "--size", "300", "--holdout-size", "50"])
+        shipped_scales = REPO / "curate" / "training" / "scales.yaml"
+        tiny_test = yaml.safe_load(shipped_scales.read_text("utf-8"))["tiny-test"]
+        scale = {**tiny_test, "samples_seen": 24 * 64, "batch_size": 64, "checkpoint_every": 3}
+        scales.write_text(yaml.safe_dump({SCALE: scale}), "utf-8")
+    meta_source = root / "datacomp"
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_clip_score import generate_pool
+
+    generate_pool(meta_source, META_ROWS, META_FILES, seed=3)
+    meta_pool = root / "meta-pool"
+    curate(["ingest", str(meta_source), "--format", "datacomp", "--out", str(meta_pool)])
+    meta_recipe = root / "meta-recipe.yaml"
+    meta_recipe.write_text(yaml.safe_dump(META_RECIPE, sort_keys=False), "utf-8")
     references = work / "reference"
     return Inputs(source, references / "ingest" / "pool", checkpoint,
-                  references / "embed" / "pool", recipe, demo, scales)  # fmt: skip
+                  references / "embed" / "pool", recipe, demo, scales, meta_pool,
+                  meta_recipe)  # fmt: skip
 
 
-def summarise(trials: list[Trial]) -> dict[str, dict[str, int]]:
+def summarise(trials: list[Trial], stages: tuple[Stage, ...] = STAGES) -> dict[str, dict[str, int]]:
     """Per stage (and all): trials, kills by category, reruns that resumed, identical."""
     summary = {}
-    for name in [*(s.name for s in STAGES), "all"]:
+    for name in [*(s.name for s in stages), "all"]:
         mine = [t for t in trials if name in (t.stage, "all")]
         summary[name] = {
             "trials": len(mine),
@@ -619,14 +686,21 @@ def main() -> None:
     parser.add_argument("--report", type=Path, help="write the trials and summary as JSON here")
     parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--stages",
+        default=",".join(s.name for s in STAGES),
+        help="comma-separated stages to try (embed needs ingest, build-pool needs embed)",
+    )
     args = parser.parse_args()
+    names = set(args.stages.split(","))
+    stages = tuple(stage for stage in STAGES if stage.name in names)
     work = args.dir or Path(tempfile.mkdtemp(prefix="curate-faults-"))
     try:
         started = time.perf_counter()
-        inputs = build_inputs(work)
+        inputs = build_inputs(work, names)
         print(f"inputs built in {time.perf_counter() - started:.1f}s under {work}")
         references = {}
-        for stage in STAGES:
+        for stage in stages:
             reference = run_reference(stage, inputs, work / "reference" / stage.name)
             references[stage.name] = reference
             print(f"reference {stage.name:<10} {reference.seconds:5.1f}s, "
@@ -637,7 +711,7 @@ def main() -> None:
         print(f"\n{'#':>3} {'stage':<10} {'kill after':>13} {'killed':>7} {'at kill':>8} "
               f"{'category':<15} {'rerun':>6}  resumed / outcome")  # fmt: skip
         for number in range(args.trials):
-            stage = STAGES[number % len(STAGES)]
+            stage = stages[number % len(stages)]
             reference = references[stage.name]
             kill_after_parts = int(rng.integers(1, len(reference.parts)))
             fraction = float(rng.uniform())
@@ -651,7 +725,7 @@ def main() -> None:
                   f"{len(trial.parts_at_kill):>3}/{trial.parts_total:<4} {trial.category:<15} "
                   f"{trial.rerun_seconds:5.1f}s  {trial.resumed_detail or '-'}; {outcome}",
                   flush=True)  # fmt: skip
-        summary = summarise(trials)
+        summary = summarise(trials, stages)
         print_summary(summary)
         wall = time.perf_counter() - started
         print(f"\nwall time {wall:.0f}s")

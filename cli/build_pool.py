@@ -33,15 +33,33 @@ def build_pool_command(
     executor: scale_options.Executor = "local",
     workers: scale_options.Workers = None,
     ray_address: scale_options.RayAddress = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            help="Where the embedding stages run FAISS (k-means, IVF, flat search): cpu, or "
+            "cuda (needs faiss-gpu; without it they run on the CPU, with a message)."
+        ),
+    ] = "cpu",
+    shard_rows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Rows of the samples table one task reads at most (memory per task; the "
+            "output is the same bytes whatever it is).",
+        ),
+    ] = 1 << 20,
 ) -> None:
     """Run RECIPE's stages over POOL and write the candidate pool OUT.
 
     OUT gets the kept uids (uids.parquet, and uids.npy in DataComp's subset format), every
-    stage's decision per sample (decisions.parquet), per-stage counts (stages.parquet) and,
-    on the demo pool, each stage's precision/recall against the injected noise
-    (ground_truth.parquet). An interrupted run resumes after its last finished stage.
-    With --reshard, one task per output tar runs on --executor (the stages run here, over
-    whole columns; see docs/scaling.md).
+    stage's removals, compactly (decisions.parquet; `curate sql` shows a row per sample and
+    stage), per-stage counts (stages.parquet) and, on the demo pool, each stage's
+    precision/recall against the injected noise (ground_truth.parquet). An interrupted run
+    resumes after its last finished stage.
+    Every step runs as tasks on --executor: the table stages per shard of the samples table
+    (reading only the columns they use; a whole-pool rule such as clip_score's fraction as
+    map -> reduce), the kept uids, the resharded tars (--reshard) and the embedding stages'
+    tasks (near_dedup, semdedup, image_based, decontaminate); see docs/scaling.md.
 
     Example: curate build-pool demo_clip_top50 --pool demo/pool --out demo/clip50
     """
@@ -64,6 +82,8 @@ def build_pool_command(
             samples_per_shard=samples_per_shard,
             observer=observer,
             executor=runner,
+            device=device,
+            shard_rows=shard_rows,
         )
     console.print(_summary_table(result, loaded.name))
     if result.ground_truth is not None:
@@ -94,20 +114,24 @@ def validate_recipe_command(
     recipe: Annotated[str, typer.Argument(help=RECIPE_HELP)],
     pool: Annotated[
         Path | None,
-        typer.Option(help="Also check that the recipe's input files exist for this pool."),
+        typer.Option(
+            help="Also check that the recipe's input files exist for this pool and that its "
+            "samples table has every column the stages read."
+        ),
     ] = None,
 ) -> None:
     """Check RECIPE (stage names, parameter names and types) without running it.
 
     Example: curate validate-recipe clip_score_top30 --pool pools/web
     """
-    from curate.build_pool.recipe import bind_to_pool, load_recipe
+    from curate.build_pool.recipe import bind_to_pool, check_columns, load_recipe
 
     loaded = load_recipe(recipe)
     if pool is not None:
         from curate.core.pool import Pool
 
-        bind_to_pool(loaded, Pool.open(pool).root.resolve())
+        opened = Pool.open(pool)
+        check_columns(loaded, bind_to_pool(loaded, opened.root.resolve()), opened.columns())
     stages = ", ".join(stage.name for stage in loaded.stages) or "no stages"
     print(f"ok: {loaded.name} ({stages}); hash {loaded.content_hash()[:12]}")
 

@@ -9,6 +9,7 @@ import typer
 
 from curate.cli import scale_options
 from curate.cli.app import app
+from curate.core.errors import UserInputError
 from curate.ingest import FORMATS
 
 _FORMAT_HELP = "\n\n".join(
@@ -61,6 +62,14 @@ def ingest_command(
     ] = 10_000,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    copy: Annotated[
+        bool,
+        typer.Option(
+            help="datacomp: copy the metadata into the pool (and the .npz embeddings into "
+            "embeddings/), skipping bad rows, instead of checking the files and using them "
+            "in place."
+        ),
+    ] = False,
     executor: scale_options.Executor = "local",
     workers: scale_options.Workers = None,
     ray_address: scale_options.RayAddress = None,
@@ -73,11 +82,15 @@ def ingest_command(
     OUT appears only when complete; rerun the same command to resume an interrupted run.
     img2dataset tars and parquet row blocks are checked in parallel (--executor, --workers);
     the other formats are read in this process.
+    DataComp metadata is used in place: one streaming pass checks the schema, the .npz
+    row counts and that every uid is valid and unique, then OUT lists the files (nothing
+    is copied; --copy copies them and skips bad rows instead).
 
     Example: curate ingest downloads/ --out pools/web --executor ray
     """
     from curate.core.executor import make_executor
     from curate.ingest.base import IngestOptions
+    from curate.ingest.detect import detect_format
     from curate.ingest.run import ingest
 
     options = IngestOptions(
@@ -87,7 +100,21 @@ def ingest_command(
         captions_file=captions,
         split=split,
     )
+    in_place = not copy and (format or detect_format(source)) == "datacomp"
+    if in_place and (caption_column or caption_template):
+        raise UserInputError(
+            "--caption-column/--caption-template rename columns, which a pool used in place "
+            "cannot do; add --copy"
+        )
     with make_executor(executor, workers, ray_address) as runner:
+        if in_place:
+            from curate.ingest.datacomp import reference_in_place
+
+            result = reference_in_place(
+                source, out, name=name, overwrite=overwrite, executor=runner
+            )
+            print_summary(result)
+            return
         result = ingest(
             source,
             out,
@@ -157,9 +184,13 @@ def print_summary(result: Any) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from curate.core.layout import PoolLayout
+
     report = result.report
     console = Console()
     kind = "pool" if result.has_images else "metadata-only pool (no images)"
+    if not result.has_images and PoolLayout(result.pool).sample_files.is_file():
+        kind = "metadata-only pool (no images; parquet files used in place)"
     console.print(
         f"[bold green]{report['accepted']:,}[/] samples ingested into {kind} {result.pool} "
         f"in {result.seconds:.1f}s; [bold]{report['skipped']:,}[/] skipped"

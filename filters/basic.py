@@ -11,13 +11,20 @@ Words are counted as Python's ``str.split()`` counts them and characters as ``le
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from curate.core.errors import UserInputError
 from curate.filters.language_id import check_language, identify_languages
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import (
+    MissingColumnError,
+    StageContext,
+    StageParams,
+    StageResult,
+    register_stage,
+)
 
 # Python's str.split() separators: Unicode White_Space plus the ASCII separators \x1c-\x1f.
 _WORD = r"[^\s\x1c-\x1f]+"
@@ -71,17 +78,22 @@ def language_keep(texts: pl.Series, params: LanguageParams) -> tuple[np.ndarray,
     return keep, reason
 
 
-def size_columns(rows: pl.DataFrame) -> tuple[str, str]:
+def size_columns(rows: pl.DataFrame | Sequence[str]) -> tuple[str, str]:
+    columns = rows.columns if isinstance(rows, pl.DataFrame) else list(rows)
     for width, height in SIZE_COLUMNS:
-        if width in rows.columns and height in rows.columns:
+        if width in columns and height in columns:
             return width, height
-    raise UserInputError(
+    raise MissingColumnError(
         "the basic filter needs image sizes: samples.parquet has none of the column pairs "
-        f"{SIZE_COLUMNS} (it has {rows.columns}); ingest the images or use a pool that records them"
+        f"{SIZE_COLUMNS} (it has {columns}); ingest the images or use a pool that records them"
     )
 
 
-@register_stage("basic", BasicParams)
+def _columns(params: BasicParams, available: Sequence[str]) -> list[str]:
+    return ["text", *size_columns(available)]
+
+
+@register_stage("basic", BasicParams, columns=_columns, per_row=True)
 def basic(context: StageContext, params: BasicParams) -> StageResult:
     rows = context.rows
     width, height = size_columns(rows)

@@ -18,6 +18,14 @@ Edge cases: ``fraction: 1`` keeps every sample that has a score (DataComp's inde
 fail there); ``fraction: 0`` keeps the samples tied at the maximum score (DataComp's rule).
 Missing (null or NaN) scores sort last and never pass.
 
+In build-pool the fraction's threshold is a map -> reduce over the pool's shards
+(:func:`prepare_threshold`): each task answers the selection's passes over its own block
+of the score column (a histogram of its keys, then its keys inside the bin that holds the
+cut), the driver adds the answers; then every shard keeps ``score >= threshold`` on its
+own. The same element as above, so the same rows, ties included. A removed row's reason
+names the threshold; its score is in the decisions' ``score`` column (from the samples
+table's column itself when the scores come from one).
+
 The threshold is computed ``over: pool`` (every row of ``samples.parquet``, DataComp's
 whole-pool semantics, whatever stages ran before) or ``over: remaining`` (only the rows this
 stage receives). Scores come from a ``column`` of ``samples.parquet`` (e.g.
@@ -46,11 +54,21 @@ from curate.core.layout import PoolLayout
 from curate.core.uid import halves_to_pairs, sort_pairs, uid_halves
 from curate.filters.clip_score_threshold import (
     BLOCK_ROWS,
+    Answer,
+    Query,
     ScoreBlocks,
+    answer,
     array_blocks,
+    selected_threshold,
     top_fraction_threshold,
 )
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import (
+    PlanContext,
+    StageContext,
+    StageParams,
+    StageResult,
+    register_stage,
+)
 
 IN_MEMORY_MAX_ROWS = 16_000_000
 """Up to this many scores the threshold comes from one ``np.partition`` in memory (about
@@ -121,8 +139,25 @@ def row_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
     if source.column is not None:
         return _column(context.rows, source.column, "the stage's rows").to_numpy()
     path = _clip_score_path(context, source.embeddings)
+    return embedding_scores(path, context.rows)
+
+
+def embedding_scores(path: Path, rows: pl.DataFrame) -> np.ndarray:
+    """``clip_score`` of ``rows`` (columns ``row``, ``uid``) from an embedding set's
+    clip_score.parquet. ``curate embed`` writes it in pool order, so only the span of rows
+    is read and checked by uid; a file in another order is joined by uid instead."""
+    if rows.height and "row" in rows.columns:
+        from curate.core.pool import TableShard
+
+        first, last = int(rows["row"].min()), int(rows["row"].max())  # type: ignore[arg-type]
+        span = TableShard(0, path, first, last - first + 1, first)
+        if last < parquet_rows([path]):
+            block = span.read(["uid", "clip_score"])
+            picked = block[(rows["row"] - first).cast(pl.Int64)]
+            if picked["uid"].equals(rows["uid"]):
+                return picked["clip_score"].to_numpy()
     scores = pl.read_parquet(path, columns=["uid", "clip_score"])
-    joined = context.rows.select("uid").join(scores, on="uid", how="left", maintain_order="left")
+    joined = rows.select("uid").join(scores, on="uid", how="left", maintain_order="left")
     missing = joined["clip_score"].is_null()
     if missing.any():
         uid = joined.filter(missing)["uid"][0]
@@ -207,33 +242,111 @@ def _clip_score_path(context: StageContext, name: str | None) -> Path:
     return path
 
 
-def threshold_stage_result(scores: np.ndarray, threshold: float, report: dict) -> StageResult:
+def threshold_stage_result(
+    scores: np.ndarray, threshold: float, report: dict, score_column: str | None = None
+) -> StageResult:
+    """``score >= threshold``; every removed row has the one reason ``clip score < T`` (its
+    own score is the decision's score)."""
     keep = passes(scores, threshold)
-    removed = pl.DataFrame({"score": scores[~keep]}).select(
-        pl.format("clip score {} < {}", pl.col("score").round(4), pl.lit(round(threshold, 4)))
-    )
-    reason = np.full(len(keep), None, dtype=object)
-    reason[~keep] = removed.to_series().to_numpy()
     return StageResult(
-        keep=keep, reason=reason, score=scores, report={"threshold": threshold, **report}
+        keep=keep,
+        reason=f"clip score < {round(threshold, 4)}",
+        score=scores,
+        report={"threshold": threshold, **report},
+        score_column=score_column,
     )
 
 
-@register_stage("clip_score", ClipScoreParams)
+def score_columns(params: ScoreSourceParams, available: Sequence[str]) -> list[str]:
+    """The samples-table columns a score-reading stage needs (its score column, or uid to
+    match an embedding set's clip_score.parquet)."""
+    return [params.column] if params.column is not None else ["uid"]
+
+
+def _per_row(params: ClipScoreParams) -> bool:
+    return params.threshold is not None
+
+
+@dataclass(frozen=True)
+class _ScoreTask:
+    """One shard's scores for the threshold: every row (``over: pool``) or those in play."""
+
+    rows: object  # curate.core.pool.ShardRows
+    over: str
+    column: str | None
+    clip_score_path: Path | None
+
+
+def _shard_scores(task: _ScoreTask) -> np.ndarray:
+    shard_rows = task.rows  # curate.core.pool.ShardRows
+    reader = shard_rows.shard if task.over == "pool" else shard_rows  # type: ignore[attr-defined]
+    if task.column is not None:
+        where = str(shard_rows.shard.path)  # type: ignore[attr-defined]
+        return _column(reader.read([task.column]), task.column, where).to_numpy()
+    assert task.clip_score_path is not None
+    return embedding_scores(task.clip_score_path, reader.read(["uid"]))
+
+
+def _answer_shard(job: tuple[_ScoreTask, Query]) -> Answer:
+    task, query = job
+    return answer([_shard_scores(task)], query)
+
+
+def prepare_threshold(context: PlanContext, params: ClipScoreParams) -> tuple[float, int]:
+    """The fraction's threshold as map -> reduce: every pass of the selection is one task
+    per shard (:func:`_answer_shard`), the driver adds their answers."""
+    path = None
+    if params.column is None:
+        stage_context = StageContext(
+            rows=pl.DataFrame(),
+            pool_root=context.pool_root,
+            seed=context.seed,
+            work_dir=context.work_dir,
+            embeddings_name=context.embeddings_name,
+        )
+        path = _clip_score_path(stage_context, params.embeddings)
+    tasks = [_ScoreTask(rows, params.over, params.column, path) for rows in context.survivors]
+
+    rows = 0
+
+    def scan(query: Query) -> list[Answer]:
+        nonlocal rows
+        jobs = [(task, query) for task in tasks]
+        answers = list(context.executor.map(_answer_shard, jobs, threads_ok=True))
+        if query.known == 0 and query.kind == "count":
+            rows = sum(reply.rows for reply in answers)
+        return answers
+
+    return selected_threshold(scan, params.fraction or 0.0), rows
+
+
+def _first_report(reports: list[dict]) -> dict:
+    """Every shard reports the same threshold and fraction."""
+    return reports[0] if reports else {}
+
+
+@register_stage(
+    "clip_score",
+    ClipScoreParams,
+    columns=score_columns,
+    per_row=_per_row,
+    prepare=prepare_threshold,
+    merge_reports=_first_report,
+)
 def clip_score(context: StageContext, params: ClipScoreParams) -> StageResult:
     scores = row_scores(context, params)
     if params.threshold is not None:
-        return threshold_stage_result(scores, params.threshold, {})
-    if params.over == "pool":
+        return threshold_stage_result(scores, params.threshold, {}, params.column)
+    if context.plan is not None:
+        threshold, over_rows = context.plan
+    elif params.over == "pool":
         over_rows, read_blocks = pool_score_blocks(context, params)
+        threshold = fraction_threshold(over_rows, read_blocks, params.fraction)
     else:
         over_rows, read_blocks = len(scores), array_blocks(scores)
-    threshold = fraction_threshold(over_rows, read_blocks, params.fraction)
-    return threshold_stage_result(
-        scores,
-        threshold,
-        {"fraction": params.fraction, "over": params.over, "over_rows": over_rows},
-    )
+        threshold = fraction_threshold(over_rows, read_blocks, params.fraction)
+    report = {"fraction": params.fraction, "over": params.over, "over_rows": over_rows}
+    return threshold_stage_result(scores, threshold, report, params.column)
 
 
 @dataclass(frozen=True)

@@ -1,26 +1,85 @@
-"""What the dedup and image-based stages read beside their rows: CLIP scores, a cache key for
-their slow steps, and per-row reasons that name the sample a removed row duplicates."""
+"""What the dedup and image-based stages read beside their rows: their rows' vectors as
+blocks of the float16 file, CLIP scores, a cache key and work directory for their slow steps,
+and per-row reasons that name the sample a removed row duplicates."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from pydantic import Field
 
+from curate.core.atomic import atomic_path
 from curate.core.errors import UserInputError
+from curate.dedup.blocks import BLOCK_ROWS, TASK_ROWS, NpyFile, Survivors
 from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
 from curate.dedup.clustering import kmeans
+from curate.dedup.device import faiss_gpu
 from curate.filters.registry import StageContext
+
+
+def image_path(ctx: StageContext) -> Path:
+    """The embedding set's ``image.npy`` (float16, one row per pool sample)."""
+    from curate.core.embedding_store import embedding_layout, load_embeddings
+
+    name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
+    return embedding_layout(ctx.pool_root, name).image
 
 
 def embeddings_identity(ctx: StageContext) -> dict[str, Any]:
     """Which embedding set, and which version of its file, a result was computed from."""
-    from curate.core.embedding_store import embedding_layout, load_embeddings
+    path = image_path(ctx)
+    stat = path.stat()
+    return {"name": path.parent.name, "image_npy": [stat.st_size, stat.st_mtime_ns]}
 
-    name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
-    stat = embedding_layout(ctx.pool_root, name).image.stat()
-    return {"name": name, "image_npy": [stat.st_size, stat.st_mtime_ns]}
+
+def survivors(ctx: StageContext) -> Survivors:
+    """The stage's rows as positions in the float16 image file (read in blocks, by tasks)."""
+    image = NpyFile.open(image_path(ctx))
+    if len(image.shape) != 2:
+        raise UserInputError(f"{image.path}: expected a 2-D array, found shape {image.shape}")
+    return Survivors(image, ctx.rows["row"].to_numpy().astype(np.int64, copy=False))
+
+
+def rows_file(ctx: StageContext, rows: Survivors) -> Path:
+    """``rows.rows`` saved in the work directory, for the tasks that read all of them."""
+    path = ctx.work_dir / f"rows-{rows_fingerprint(rows.rows)[:24]}.npy"
+    if not path.is_file():
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, rows.rows)
+    return path
+
+
+def step_dir(ctx: StageContext, step: str, **params: Any) -> Path:
+    """The work directory of one step (its tasks' outputs), named by all it depends on."""
+    return ctx.work_dir / f"{step}-{stage_cache_key(ctx, **params)}"
+
+
+def use_gpu(ctx: StageContext) -> bool:
+    """``--device cuda`` and a faiss with GPU support (else a message and the CPU)."""
+    return faiss_gpu(ctx.device)
+
+
+def task_rows_field() -> Any:
+    """The ``task_rows`` parameter of the embedding stages: rows per executor task. It changes
+    where the work runs, never the result, and stays out of the recipe's hash while unset."""
+    return Field(
+        None,
+        ge=BLOCK_ROWS,
+        multiple_of=BLOCK_ROWS,
+        exclude_if=lambda value: value is None,
+        description=f"rows per executor task, a multiple of {BLOCK_ROWS:,} (default "
+        f"{TASK_ROWS:,}); a task reads {BLOCK_ROWS:,} rows at a time, whatever this is",
+    )
+
+
+def array_digest(array: np.ndarray) -> str:
+    """Identity of an array's contents (centroids, an eval set) for a step's cache key."""
+    contiguous = np.ascontiguousarray(array)
+    return hashlib.sha256(str(contiguous.shape).encode() + contiguous.tobytes()).hexdigest()[:24]
 
 
 def stage_cache_key(ctx: StageContext, **params: Any) -> str:
@@ -63,15 +122,17 @@ def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text:
 def cached_kmeans(
     ctx: StageContext,
     stage: str,
-    vectors: np.ndarray,
+    vectors: Any,
     n_clusters: int,
     *,
     n_iter: int,
     train_sample: int | None,
     spherical: bool,
+    gpu: bool = False,
 ) -> np.ndarray:
-    """Seeded k-means centroids of ``vectors``, cached in the stage's work directory so that a
-    resumed build does not retrain them."""
+    """Seeded k-means centroids of ``vectors`` (an array or :class:`Survivors`: only the
+    training sample is read), cached in the stage's work directory so that a resumed build
+    does not retrain them."""
     if n_clusters > len(vectors):
         raise UserInputError(
             f"{stage}: n_clusters {n_clusters} exceeds the {len(vectors)} rows left; lower it"
@@ -81,8 +142,7 @@ def cached_kmeans(
     )
 
     def train() -> dict[str, np.ndarray]:
-        return {"centroids": kmeans(vectors, seed=ctx.seed, **settings)}
+        return {"centroids": kmeans(vectors, seed=ctx.seed, gpu=gpu, **settings)}
 
-    return cached_arrays(ctx.work_dir, "kmeans", stage_cache_key(ctx, **settings), train)[
-        "centroids"
-    ]
+    key = stage_cache_key(ctx, **settings, **({"gpu": True} if gpu else {}))
+    return cached_arrays(ctx.work_dir, "kmeans", key, train)["centroids"]

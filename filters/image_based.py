@@ -4,18 +4,37 @@ k-means over the surviving rows' image embeddings; keep the rows whose cluster i
 cluster of at least one target image. The target set (ImageNet-1k train in DataComp) is a
 ``.npy`` of L2-normalised image embeddings made with the pool's embedding model. The centroids
 are cached in the stage's work directory, so a resumed build skips k-means.
+
+Out of core, on the build's executor: k-means trains on a seeded sample read from the
+float16 file (``train_sample``: by default all rows up to 256 a cluster and at most
+``curate.dedup.clustering.MAX_DEFAULT_TRAIN_ROWS``), then one task per block of ``task_rows``
+rows assigns them to the centroids: the kept set of :func:`image_based_keep` on the whole
+float32 matrix, without that matrix.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from pydantic import Field
 
+from curate.dedup.blocks import TASK_ROWS
 from curate.dedup.clustering import default_train_sample
-from curate.dedup.image_based import ROWS_PER_CLUSTER, default_n_clusters, image_based_keep
+from curate.dedup.image_based import (
+    ROWS_PER_CLUSTER,
+    default_n_clusters,
+    image_based_keep_blocked,
+)
 from curate.dedup.reference import load_reference_embeddings
-from curate.filters.dedup_inputs import cached_kmeans
+from curate.filters.dedup_inputs import (
+    array_digest,
+    cached_kmeans,
+    step_dir,
+    survivors,
+    task_rows_field,
+    use_gpu,
+)
 from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
@@ -38,14 +57,14 @@ class ImageBasedParams(StageParams):
     spherical: bool = Field(
         False, description="normalise centroids (cosine k-means); DataComp: plain L2 k-means"
     )
+    task_rows: int | None = task_rows_field()
 
 
-@register_stage("image_based", ImageBasedParams, needs_embeddings=True)
+@register_stage("image_based", ImageBasedParams, needs_embeddings=True, columns=())
 def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
-    vectors = ctx.image_embeddings()
-    target = load_reference_embeddings(
-        params.target_embeddings, vectors.shape[1], "target_embeddings"
-    )
+    vectors = survivors(ctx)
+    gpu = use_gpu(ctx)
+    target = load_reference_embeddings(params.target_embeddings, vectors.dim, "target_embeddings")
     n_clusters = params.n_clusters or default_n_clusters(len(vectors))
     centroids = cached_kmeans(
         ctx,
@@ -55,12 +74,26 @@ def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
         n_iter=params.n_iter,
         train_sample=params.train_sample,
         spherical=params.spherical,
+        gpu=gpu,
     )
-    selection = image_based_keep(vectors, target, centroids=centroids, progress=True)
-    cluster_of_row = selection.cluster_ids.astype(str).astype(object)
+    selection = image_based_keep_blocked(
+        vectors,
+        target,
+        centroids,
+        step_dir(ctx, "image_based-assign", centroids=array_digest(centroids), gpu=gpu),
+        executor=ctx.executor,
+        task_rows=params.task_rows or TASK_ROWS,
+        gpu=gpu,
+        progress=True,
+    )
+    # one string per cluster, shared by its rows (N pointers, not N strings)
+    reason_of_cluster = np.array(
+        [f"no target image is nearest to cluster {c}" for c in range(n_clusters)], dtype=object
+    )
+    reason = np.where(selection.keep, "", reason_of_cluster[selection.cluster_ids]).astype(object)
     return StageResult(
         keep=selection.keep,
-        reason=("no target image is nearest to cluster " + cluster_of_row).astype(object),
+        reason=reason,
         report={
             "n_clusters": n_clusters,
             "train_rows": min(

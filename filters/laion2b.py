@@ -11,10 +11,18 @@ rule it failed.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 from pydantic import Field
 
 from curate.filters.basic import LanguageParams, language_keep
-from curate.filters.clip_score import ScoreSourceParams, row_scores, threshold_stage_result
+from curate.filters.clip_score import (
+    ScoreSourceParams,
+    row_scores,
+    score_columns,
+    threshold_stage_result,
+)
 from curate.filters.registry import StageContext, StageResult, register_stage
 
 
@@ -24,12 +32,17 @@ class Laion2bParams(ScoreSourceParams, LanguageParams):
     )
 
 
-@register_stage("laion2b", Laion2bParams)
+def _columns(params: Laion2bParams, available: Sequence[str]) -> list[str]:
+    return [*score_columns(params, available), "text"]
+
+
+@register_stage("laion2b", Laion2bParams, columns=_columns, per_row=True)
 def laion2b(context: StageContext, params: Laion2bParams) -> StageResult:
     scores = row_scores(context, params)
     by_score = threshold_stage_result(scores, params.threshold, {})
     keep = by_score.keep.copy()
-    reason = by_score.reason.copy()
+    reason = np.full(len(keep), None, dtype=object)
+    reason[~keep] = by_score.reason
     checked = keep.nonzero()[0]
     language_ok, language_reason = language_keep(context.rows["text"].gather(checked), params)
     keep[checked] = language_ok
@@ -38,6 +51,7 @@ def laion2b(context: StageContext, params: Laion2bParams) -> StageResult:
         keep=keep,
         reason=reason,
         score=scores,
+        score_column=params.column,
         report={
             "threshold": params.threshold,
             "removed_score": int((~by_score.keep).sum()),

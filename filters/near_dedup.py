@@ -7,25 +7,42 @@ one row: the lowest pool row, or the highest CLIP score (ties to the lower row).
 search is approximate the report gives its recall against brute force on a seeded sample of
 query rows (``recall_sample``).
 
+The IVF search runs out of core, as tasks on the build's executor
+(:mod:`curate.dedup.ivf`): the lists trained on a seeded sample, each block of
+``task_rows`` rows assigned to its lists by one task, then one task per group of lists
+searching them. No process holds the ``N·d`` vectors; the pairs are the one-index search's.
+
 ``index: sharded_flat`` is the exact search in bounded memory (``curate.dedup.sharded``): one
-flat index of ``shard_rows`` rows at a time, the rows read in blocks from the float16
-embeddings file instead of one float32 copy of them all; the same pairs, groups and kept set
-as ``flat``, in memory ``4·shard_rows·d`` plus the pairs instead of ``8·N·d``.
+flat index of ``shard_rows`` rows at a time, one task per shard, the rows read in blocks from
+the float16 embeddings file instead of one float32 copy of them all; the same pairs, groups
+and kept set as ``flat``, in memory ``4·shard_rows·d`` plus the pairs instead of ``8·N·d``.
+``flat`` (the default up to 20,000 rows) holds the rows in memory as float32.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from curate.core.embedding_store import load_embeddings
+from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.cache import cached_arrays
 from curate.dedup.groups import GroupKeep, connected_components, keep_one_per_group, keep_order
-from curate.dedup.knn import Pairs, exact_pairs, pair_recall, plan_index, self_pairs
-from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_self_pairs
-from curate.filters.dedup_inputs import clip_scores, reasons_naming, stage_cache_key
+from curate.dedup.ivf import exact_pairs_blocked, ivf_pairs
+from curate.dedup.knn import Pairs, pair_recall, plan_index, self_pairs
+from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_pairs_on_executor
+from curate.filters.dedup_inputs import (
+    clip_scores,
+    reasons_naming,
+    rows_file,
+    stage_cache_key,
+    step_dir,
+    survivors,
+    task_rows_field,
+    use_gpu,
+)
 from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 
@@ -57,6 +74,7 @@ class NearDedupParams(StageParams):
     recall_sample: int = Field(
         1000, ge=0, description="query rows checked against brute force when the index is IVF"
     )
+    task_rows: int | None = task_rows_field()
 
     @model_validator(mode="after")
     def _shard_rows_needs_sharded_index(self) -> NearDedupParams:
@@ -65,31 +83,65 @@ class NearDedupParams(StageParams):
         return self
 
 
-@register_stage("near_dedup", NearDedupParams, needs_embeddings=True)
+def _columns(params: NearDedupParams, available: Sequence[str]) -> list[str]:
+    """The uid (reasons name the kept sample); with keep: highest_clip_score, the table's
+    clip_score column when it has one (else the embedding set's clip_score.parquet)."""
+    wanted = ["uid"]
+    if params.keep == "highest_clip_score" and "clip_score" in available:
+        wanted.append("clip_score")
+    return wanted
+
+
+@register_stage("near_dedup", NearDedupParams, needs_embeddings=True, columns=_columns)
 def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     n = ctx.rows.height
-    vectors = None
+    rows = survivors(ctx)
+    gpu = use_gpu(ctx)
     if params.index == "sharded_flat":
         shard_rows = params.shard_rows or SHARD_ROWS
         plan_description = describe_sharded(shard_rows)
 
         def find_pairs() -> Pairs:
-            image = load_embeddings(ctx.pool_root, ctx.embeddings_name).image
-            rows = ctx.rows["row"].to_numpy()
-            return sharded_self_pairs(image, rows, params.threshold, shard_rows, progress=True)
+            work = step_dir(ctx, "near-sharded", threshold=params.threshold, plan=plan_description)
+            return sharded_pairs_on_executor(
+                rows,
+                rows_file(ctx, rows),
+                params.threshold,
+                shard_rows,
+                work,
+                executor=ctx.executor,
+                progress=True,
+            )
     else:
-        vectors = ctx.image_embeddings()
         plan = plan_index(n, params.index, params.nprobe)
         plan_description = plan.describe()
 
         def find_pairs() -> Pairs:
-            return self_pairs(vectors, params.threshold, plan, seed=ctx.seed, progress=True)
+            if plan.exact:  # up to FLAT_MAX_ROWS rows unless asked: in memory, 8·N·d bytes
+                return self_pairs(rows.block(0, n), params.threshold, plan, progress=True)
+            work = step_dir(
+                ctx, "near-ivf", threshold=params.threshold, plan=plan_description, gpu=gpu
+            )
+            return ivf_pairs(
+                rows,
+                rows_file(ctx, rows),
+                params.threshold,
+                plan,
+                work,
+                seed=ctx.seed,
+                executor=ctx.executor,
+                task_rows=params.task_rows or TASK_ROWS,
+                gpu=gpu,
+                torch_device="cuda" if gpu else None,
+                progress=True,
+            )
 
     def search() -> dict[str, np.ndarray]:
         pairs = find_pairs()
         return {"left": pairs.left, "right": pairs.right, "similarity": pairs.similarity}
 
-    key = stage_cache_key(ctx, threshold=params.threshold, plan=plan_description)
+    searched_on = {"gpu": True} if gpu and not plan_description["exact"] else {}
+    key = stage_cache_key(ctx, threshold=params.threshold, plan=plan_description, **searched_on)
     pairs = Pairs(**cached_arrays(ctx.work_dir, "near-pairs", key, search))
 
     labels = connected_components(n, pairs.left, pairs.right)
@@ -110,7 +162,7 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         "removed": int((~keep).sum()),
     }
     if not plan_description["exact"] and params.recall_sample:
-        report.update(_recall_report(vectors, pairs, params, ctx.seed))
+        report.update(_recall_report(ctx, rows, pairs, params))
     return StageResult(
         keep=keep,
         reason=reasons_naming(
@@ -124,14 +176,30 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     )
 
 
-def _recall_report(vectors: np.ndarray, pairs: Pairs, params: NearDedupParams, seed: int) -> dict:
-    rng = np.random.default_rng(seed)
+def _recall_report(
+    ctx: StageContext, rows: Survivors, pairs: Pairs, params: NearDedupParams
+) -> dict:
+    """Recall of the found pairs against brute force from a seeded sample of query rows (the
+    brute force runs as tasks over blocks of the file)."""
+    rng = np.random.default_rng(ctx.seed)
     queries = np.sort(
-        rng.choice(len(vectors), size=min(len(vectors), params.recall_sample), replace=False)
+        rng.choice(len(rows), size=min(len(rows), params.recall_sample), replace=False)
     )
-    exact = exact_pairs(vectors, queries, params.threshold)
+    work = step_dir(
+        ctx, "near-exact", threshold=params.threshold, recall_sample=params.recall_sample
+    )
+    exact = exact_pairs_blocked(
+        rows,
+        rows_file(ctx, rows),
+        queries,
+        params.threshold,
+        work,
+        executor=ctx.executor,
+        task_rows=params.task_rows or TASK_ROWS,
+        progress=True,
+    )
     return {
-        "recall_vs_exact": pair_recall(pairs, exact, queries, len(vectors)),
+        "recall_vs_exact": pair_recall(pairs, exact, queries, len(rows)),
         "recall_query_rows": len(queries),
         "recall_exact_pairs": len(exact),
     }

@@ -1,18 +1,40 @@
 """The stage registry: every filter and dedup stage is a function of the pool's table
 (and embeddings where needed) that returns a keep-mask and a reason, registered by name
-together with the pydantic model of its parameters (so recipes are validated before work).
+together with the pydantic model of its parameters (so recipes are validated before work)
+and the columns of the samples table it reads (so a recipe that names a column the pool
+lacks fails before any work, and build-pool reads only those columns).
+
+How build-pool runs a stage (:mod:`curate.build_pool.build`):
+
+- ``per_row`` stages (the answer for a sample depends on that sample alone: ``basic``,
+  ``text_based``, ``where``, ``laion2b``, ``clip_score`` with a threshold) run shard by
+  shard on the executor, each task reading its block of rows;
+- stages with a ``prepare`` step (whole-pool rules: ``clip_score``'s fraction,
+  ``exact_dedup``) first compute a small plan from the whole pool as map -> reduce tasks
+  on the executor (a histogram per shard -> the threshold; uids by hash prefix -> the rows
+  to drop), then run shard by shard with the plan in ``StageContext.plan``;
+- the others (the embedding stages) run once, in the driver, over every surviving row.
+
+Called directly, a stage function answers for whatever rows it is given, computing its own
+plan when ``context.plan`` is None (tests and scripts use it so).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict
+
+from curate.core.errors import UserInputError
+
+if TYPE_CHECKING:
+    from curate.core.executor import Executor
+    from curate.core.pool import TableShard
 
 
 class StageParams(BaseModel):
@@ -34,6 +56,11 @@ class StageContext:
     seed: int
     work_dir: Path  # scratch space for this stage (caches, indexes); may be reused on resume
     embeddings_name: str | None = None
+    # where a stage's tasks run (a curate.core.executor.Executor; None: in this process), and
+    # where FAISS runs (cpu or cuda): the embedding stages split their work into tasks
+    executor: Any = field(default=None, compare=False)
+    device: str = "cpu"
+    plan: Any = None  # what the stage's prepare step computed over the whole pool, if any
     _cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def image_embeddings(self) -> np.ndarray:
@@ -60,12 +87,42 @@ class StageResult:
     per row); ``score`` is the value the decision was made on, where there is one."""
 
     keep: np.ndarray
-    reason: str | np.ndarray
+    reason: str | np.ndarray | pl.Series
     score: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)  # stage-specific stats for the log
+    # the scores are this column of the samples table (not stored again with the decisions)
+    score_column: str | None = None
 
 
 StageFunction = Callable[[StageContext, Any], StageResult]
+ColumnsFunction = Callable[[Any, Sequence[str]], Sequence[str]]
+"""(params, the samples table's columns) -> the columns the stage reads; raises
+:class:`MissingColumnError` naming what is missing."""
+
+
+class MissingColumnError(UserInputError):
+    """A stage needs a column that the pool's samples table does not have."""
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a stage's ``prepare`` step sees: the pool's shards (each task reads its own),
+    the rows still in play per shard, and the executor to run map and reduce tasks on.
+
+    ``survivors(shard)`` is a picklable reader of the shard's surviving rows; pass it to
+    the tasks, never the rows themselves (the driver holds O(shards) state).
+    """
+
+    shards: tuple[TableShard, ...]
+    survivors: tuple[Any, ...]  # per shard: a picklable SurvivorReader (see build_pool)
+    executor: Executor
+    pool_root: Path
+    seed: int
+    work_dir: Path
+    embeddings_name: str | None = None
+
+
+PrepareFunction = Callable[[PlanContext, Any], Any]
 
 
 @dataclass(frozen=True)
@@ -74,20 +131,93 @@ class Stage:
     params_model: type[StageParams]
     run: StageFunction
     needs_embeddings: bool
+    columns: Sequence[str] | ColumnsFunction | None = None  # None: every column
+    per_row: bool | Callable[[Any], bool] = False
+    prepare: PrepareFunction | None = None
+    merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+
+    def columns_for(self, params: Any, available: Sequence[str]) -> list[str]:
+        """The columns this stage reads for ``params``; :class:`MissingColumnError` when the
+        samples table (``available``) lacks one."""
+        if self.columns is None:
+            return list(available)
+        wanted = (
+            list(self.columns(params, available)) if callable(self.columns) else list(self.columns)
+        )
+        missing = [c for c in wanted if c not in available and c != "row"]
+        if missing:
+            raise MissingColumnError(
+                f"stage {self.name} reads column(s) {', '.join(missing)}, which the samples "
+                f"table does not have (it has {', '.join(available)})"
+            )
+        return [c for c in wanted if c != "row"]
+
+    def runs_per_row(self, params: Any) -> bool:
+        return bool(self.per_row(params) if callable(self.per_row) else self.per_row)
+
+    def plans(self, params: Any) -> bool:
+        """True when the stage needs its prepare step for these params."""
+        return self.prepare is not None and not self.runs_per_row(params)
 
 
 REGISTERED: dict[str, Stage] = {}  # filled as stage modules are imported; read via catalog
 
 
 def register_stage(
-    name: str, params_model: type[StageParams], *, needs_embeddings: bool = False
+    name: str,
+    params_model: type[StageParams],
+    *,
+    needs_embeddings: bool = False,
+    columns: Sequence[str] | ColumnsFunction | None = None,
+    per_row: bool | Callable[[Any], bool] = False,
+    prepare: PrepareFunction | None = None,
+    merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> Callable[[StageFunction], StageFunction]:
-    """Register a stage function under ``name``; :mod:`curate.filters.catalog` imports it."""
+    """Register a stage function under ``name``; :mod:`curate.filters.catalog` imports it.
+
+    ``columns``: the samples-table columns it reads (a list, or a function of its params and
+    the table's columns; None reads all). ``per_row``: the answer for a row depends on that
+    row alone (a bool, or a function of the params), so it runs shard by shard.
+    ``prepare``: a whole-pool step run before the shard-by-shard pass (map -> reduce on the
+    executor); its answer reaches the stage as ``context.plan``. ``merge_reports``: how the
+    shards' reports combine (default: numbers summed, equal values kept).
+    """
 
     def decorate(function: StageFunction) -> StageFunction:
         if name in REGISTERED:
             raise ValueError(f"stage {name!r} registered twice")
-        REGISTERED[name] = Stage(name, params_model, function, needs_embeddings)
+        REGISTERED[name] = Stage(
+            name,
+            params_model,
+            function,
+            needs_embeddings,
+            columns=columns,
+            per_row=per_row,
+            prepare=prepare,
+            merge_reports=merge_reports,
+        )
         return function
 
     return decorate
+
+
+def merge_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The shards' reports as one: integers (counts) summed, nested dicts merged the same
+    way, other values kept when the shards agree (else listed)."""
+    merged: dict[str, Any] = {}
+    for report in reports:
+        for key, value in report.items():
+            if key not in merged:
+                merged[key] = value
+            else:
+                merged[key] = _merge_values(merged[key], value)
+    return merged
+
+
+def _merge_values(a: Any, b: Any) -> Any:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return merge_reports([a, b])
+    counts = isinstance(a, int) and isinstance(b, int)
+    if counts and not isinstance(a, bool) and not isinstance(b, bool):
+        return a + b
+    return a if a == b else [a, b]

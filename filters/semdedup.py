@@ -6,15 +6,29 @@ ranked before it exceeds ``1 − eps``; members are ranked farthest from the cen
 :mod:`curate.dedup.semdedup` for the exact rule. The score is that maximum cosine; the report
 gives the kept fraction for several ε from the same scores (``kept_fraction_by_eps``), to
 choose ε without rerunning.
+
+Out of core, on the build's executor: k-means on a seeded sample (``train_sample``), one task
+per block of ``task_rows`` rows assigning them to clusters, then one task per group of whole
+clusters (about ``task_rows`` rows) computing the rule cluster by cluster from the float16
+file. The scores are those of the in-memory computation (:func:`semdedup_scores`).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from curate.dedup.clustering import assign
-from curate.dedup.semdedup import RankOrder, semdedup_scores
-from curate.filters.dedup_inputs import cached_kmeans, reasons_naming
+from curate.dedup.blocks import TASK_ROWS
+from curate.dedup.nearest import nearest_blocked
+from curate.dedup.semdedup import RankOrder, semdedup_scores_blocked
+from curate.filters.dedup_inputs import (
+    array_digest,
+    cached_kmeans,
+    reasons_naming,
+    step_dir,
+    survivors,
+    task_rows_field,
+    use_gpu,
+)
 from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 
 ROWS_PER_CLUSTER = 1000
@@ -42,11 +56,14 @@ class SemDedupParams(StageParams):
     report_eps: list[float] = Field(
         [0.01, 0.02, 0.05, 0.1, 0.2], description="ε values whose kept fraction the report gives"
     )
+    task_rows: int | None = task_rows_field()
 
 
-@register_stage("semdedup", SemDedupParams, needs_embeddings=True)
+@register_stage("semdedup", SemDedupParams, needs_embeddings=True, columns=("uid",))
 def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
-    vectors = ctx.image_embeddings()
+    vectors = survivors(ctx)
+    gpu = use_gpu(ctx)
+    task_rows = params.task_rows or TASK_ROWS
     n_clusters = params.n_clusters or max(1, round(len(vectors) / ROWS_PER_CLUSTER))
     centroids = cached_kmeans(
         ctx,
@@ -56,9 +73,30 @@ def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
         n_iter=params.n_iter,
         train_sample=params.train_sample,
         spherical=params.spherical,
+        gpu=gpu,
     )
-    cluster_ids, _ = assign(vectors, centroids, progress=True)
-    scores = semdedup_scores(vectors, cluster_ids, centroids, params.order, progress=True)
+    digest = array_digest(centroids)
+    assigned = nearest_blocked(
+        vectors,
+        centroids,
+        step_dir(ctx, "semdedup-assign", centroids=digest, gpu=gpu),
+        executor=ctx.executor,
+        task_rows=task_rows,
+        gpu=gpu,
+        with_distance=True,
+        progress=True,
+        desc="assign clusters",
+    )
+    scores = semdedup_scores_blocked(
+        vectors,
+        assigned.index,
+        assigned.distance,
+        params.order,
+        step_dir(ctx, "semdedup-clusters", centroids=digest, gpu=gpu, order=params.order),
+        executor=ctx.executor,
+        task_rows=task_rows,
+        progress=True,
+    )
     keep = scores.keep(params.eps)
     return StageResult(
         keep=keep,

@@ -22,7 +22,13 @@ from pydantic import Field, field_validator
 
 from curate.filters.basic import LanguageParams, language_keep
 from curate.filters.language_id import check_language
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import (
+    StageContext,
+    StageParams,
+    StageResult,
+    merge_reports,
+    register_stage,
+)
 from curate.filters.vocabulary import Vocabulary, load_vocabulary, words
 
 ROWS_PER_CHUNK = 500_000  # captions tokenised at a time (bounds the exploded word table)
@@ -93,7 +99,24 @@ def _matching_class_chunk(texts: pl.Series, vocabulary: Vocabulary) -> pl.Series
     return rows.join(first_match, on="row", how="left", maintain_order="left")["class"]
 
 
-@register_stage("text_based", TextBasedParams)
+def _merge_reports(reports: list[dict]) -> dict:
+    """The vocabulary's size and source once, removal counts summed; the top classes are
+    those of the shards' own top lists, summed (exact on a pool of one shard)."""
+    if not reports:
+        return {}
+    counts = [{k: v for k, v in r.items() if k.startswith("removed_")} for r in reports]
+    merged = {**reports[0], **merge_reports(counts)}
+    classes: dict[str, int] = {}
+    for report in reports:
+        for name, count in report.get("top_classes", {}).items():
+            classes[name] = classes.get(name, 0) + count
+    top = sorted(classes.items(), key=lambda item: (-item[1], item[0]))[:20]
+    return {**merged, "top_classes": dict(top)}
+
+
+@register_stage(
+    "text_based", TextBasedParams, columns=("text",), per_row=True, merge_reports=_merge_reports
+)
 def text_based(context: StageContext, params: TextBasedParams) -> StageResult:
     vocabulary = load_vocabulary(
         params.vocab,

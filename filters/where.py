@@ -7,6 +7,8 @@ as false. Use it to select a source, a language tag, a size range, anything the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 from pydantic import Field
 
@@ -18,7 +20,15 @@ class WhereParams(StageParams):
     keep: str = Field(description="SQL boolean expression over the samples' columns; true keeps")
 
 
-@register_stage("where", WhereParams)
+def _columns(params: WhereParams, available: Sequence[str]) -> list[str]:
+    """The columns the expression names (it is checked against them when it runs)."""
+    try:
+        return list(dict.fromkeys(pl.sql_expr(params.keep).meta.root_names()))
+    except Exception as error:  # polars raises several error types for bad SQL
+        raise UserInputError(f"where: cannot parse keep = {params.keep!r}: {error}") from None
+
+
+@register_stage("where", WhereParams, columns=_columns, per_row=True)
 def where(ctx: StageContext, params: WhereParams) -> StageResult:
     try:
         mask = ctx.rows.select(pl.sql_expr(params.keep).fill_null(False)).to_series()

@@ -27,6 +27,7 @@ from curate.build_pool.recipe import RecipeError, parse_recipe
 from curate.cli.app import app
 from curate.core.atomic import exclusive_lock, staging_dir_for
 from curate.core.candidate_pool import open_subset
+from curate.core.decisions_view import subset_decisions
 from curate.core.errors import InUseError
 from curate.core.pool import Pool
 from curate.core.pool_writer import PoolWriter, SourceSample
@@ -137,7 +138,7 @@ def test_decisions_match_the_hand_checked_case(pool_dir, tmp_path):
     result = build_pool(_recipe(), pool_dir, out)
     uids = Pool.open(pool_dir).samples()["uid"].to_list()
 
-    decisions = pl.read_parquet(out / "decisions.parquet")
+    decisions = subset_decisions(out).collect()
     assert decisions.height == 10 + 7 <= len(SPEC) * 2
     stage0 = decisions.filter(pl.col("stage_index") == 0)
     assert stage0["uid"].to_list() == uids and stage0["row"].to_list() == list(range(10))
@@ -152,8 +153,10 @@ def test_decisions_match_the_hand_checked_case(pool_dir, tmp_path):
     assert stage1["kept"].to_list() == [True, False, True, True, False, True, True]
     assert stage1.filter(~pl.col("kept"))["reason"].to_list() == ["caption contains 'spam'"] * 2
     assert stage1["score"].null_count() == 7
-    schema = pq.read_schema(out / "decisions.parquet")
-    assert str(schema.field("stage").type).startswith("dictionary")
+    # stored: stage 0's scores for the 10 rows it saw, stage 1's 2 removals; no uids
+    stored = pq.read_table(out / "decisions.parquet")
+    assert stored.num_rows == 10 + 2 and "uid" not in stored.column_names
+    assert str(stored.schema.field("reason").type).startswith("dictionary")
 
     stages = pl.read_parquet(out / "stages.parquet")
     assert stages.select("stage", "rows_in", "rows_out", "removed").rows() == [
@@ -364,3 +367,23 @@ def test_cli_build_pool_prints_stages_and_ground_truth(pool_dir, tmp_path):
     result = runner.invoke(app, ["validate-recipe", str(recipe_path)])
     assert isinstance(result.exception, RecipeError)
     assert "line 7: stages[1].params.words" in str(result.exception)
+
+
+def test_a_missing_column_fails_validation_naming_it(pool_dir, tmp_path):
+    text = RECIPE + (
+        "  - stage: clip_score\n    params: {fraction: 0.3, column: clip_l14_similarity_score}\n"
+        "  - stage: where\n    params: {keep: 'width > 3 AND colour = 1'}\n"
+    )
+    calls = CALLS["bp_min_width"]
+    with pytest.raises(RecipeError) as caught:
+        build_pool(_recipe(text), pool_dir, tmp_path / "subset")
+    message = str(caught.value)
+    assert (
+        "line 8: stages[2]: stage clip_score reads column(s) clip_l14_similarity_score" in message
+    )
+    assert "line 10: stages[3]: stage where reads column(s) colour" in message
+    assert CALLS["bp_min_width"] == calls and not staging_dir_for(tmp_path / "subset").exists()
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text(text)
+    result = CliRunner().invoke(app, ["validate-recipe", str(recipe_path), "--pool", str(pool_dir)])
+    assert isinstance(result.exception, RecipeError) and "colour" in str(result.exception)

@@ -1,23 +1,34 @@
-"""decisions.parquet streamed from the per-stage files (curate.build_pool.decisions) against the
-table the old code built in memory and wrote with ``pyarrow.parquet.write_table`` (the reference,
-byte for byte), and build-pool's ground-truth report against a brute-force count."""
+"""Compact decisions (curate.build_pool.decisions writes them, curate.core.decisions_view
+expands them) against the full table built by hand in memory, through polars and DuckDB; the
+stages run shard by shard (sequential, on threads, on Ray) giving the same bytes; and
+build-pool's ground-truth report against a brute-force count."""
 
 from __future__ import annotations
 
+import io
+import sys
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-import curate.build_pool.decisions
 from curate.build_pool.build import build_pool
-from curate.build_pool.decisions import StageDecisions, write_decisions
+from curate.build_pool.decisions import assemble, write_part
 from curate.build_pool.recipe import parse_recipe
+from curate.core.decisions_view import (
+    CompactInfo,
+    StageEntry,
+    decisions_relation,
+    scan_decisions,
+    subset_decisions,
+)
+from curate.core.executor import LocalExecutor
 from curate.core.pool import Pool
 from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.core.uid import make_uid
@@ -25,9 +36,13 @@ from curate.filters.catalog import STAGES, get_stage
 from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
 from tests.conftest import make_image_bytes
 
+VIEW = ["uid", "row", "stage_index", "stage", "kept", "reason", "score"]
 
-def reference_decisions(stages: list[tuple[int, str, pl.DataFrame]], uids: pl.Series) -> pa.Table:
-    """The whole table in memory, as build-pool made it before streaming."""
+
+def reference_decisions(
+    stages: list[tuple[int, str, pl.DataFrame]], uids: pl.Series
+) -> pl.DataFrame:
+    """The whole table in memory, one row per sample and stage, as build-pool once wrote it."""
     schema = {"row": pl.UInt32, "kept": pl.Boolean, "reason": pl.String, "score": pl.Float32}
     parts = [
         d.with_columns(pl.lit(i, pl.UInt16).alias("stage_index"), pl.lit(name).alias("stage"))
@@ -37,56 +52,99 @@ def reference_decisions(stages: list[tuple[int, str, pl.DataFrame]], uids: pl.Se
         pl.lit(0, pl.UInt16).alias("stage_index"), pl.lit("").alias("stage")
     )
     table = pl.concat(parts) if parts else empty
-    table = table.with_columns(uids.gather(table["row"]).alias("uid")).select(
-        "uid", "row", "stage_index", "stage", "kept", "reason", "score"
+    return table.with_columns(uids.gather(table["row"]).alias("uid")).select(VIEW)
+
+
+def _normal(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(VIEW).with_columns(
+        pl.col("row").cast(pl.UInt32), pl.col("stage_index").cast(pl.UInt16)
     )
-    arrow = table.to_arrow()
-    for name in ("stage", "reason"):
-        column = pc.dictionary_encode(arrow[name].cast(pa.string()))
-        arrow = arrow.set_column(arrow.schema.get_field_index(name), name, column)
-    return arrow
 
 
-def _stage_frame(rng: np.random.Generator, rows: np.ndarray, scored: bool) -> pl.DataFrame:
-    kept = rng.random(len(rows)) < 0.6
-    reasons = np.array([f"reason {k}" for k in rng.integers(0, 40, len(rows))], dtype=object)
-    reasons[rng.random(len(rows)) < 0.1] = ""  # an empty reason is a value, not a null
-    scores = rng.random(len(rows)).astype(np.float32) if scored else [None] * len(rows)
-    return pl.DataFrame(
-        {
-            "row": pl.Series(rows, dtype=pl.UInt32),
-            "kept": kept,
-            "reason": pl.Series(reasons.tolist(), dtype=pl.String),
-            "score": pl.Series(scores, dtype=pl.Float32),
-        }
-    ).with_columns(reason=pl.when(pl.col("kept")).then(None).otherwise(pl.col("reason")))
-
-
-@pytest.mark.parametrize("sizes", [(2500, 1300, 0, 700), (0, 0)])
-def test_streamed_row_groups_equal_the_in_memory_table(tmp_path, monkeypatch, sizes):
-    """Several row groups, read batches that straddle them, a stage that saw no rows, a stage
-    name used twice; and a table with no rows at all."""
-    monkeypatch.setattr(curate.build_pool.decisions, "READ_BATCH_ROWS", 700)
+def test_compact_file_expands_to_the_full_table(tmp_path):
+    """Random stages (per-row reasons, one reason, scores of their own or from a column, a
+    stage that saw no rows) written as parts of two shards: polars and DuckDB views equal the
+    table built by hand."""
     rng = np.random.default_rng(5)
-    pool_rows = max(sizes)
-    uids = pl.Series("uid", [make_uid(str(i)) for i in range(pool_rows)], dtype=pl.String)
-    names = ["width", "caption", "dedup", "width"]
-    frames, files = [], []
-    for index, size in enumerate(sizes):
-        rows = np.sort(rng.choice(pool_rows, size, replace=False)) if size else np.zeros(0)
-        frame = _stage_frame(rng, rows.astype(np.uint32), scored=index % 2 == 0)
-        path = tmp_path / f"{index}.parquet"
-        frame.write_parquet(path)
-        frames.append((index, names[index], frame))
-        files.append(StageDecisions(index, names[index], path))
-
+    pool_rows, cut = 300, 170
+    uids = [make_uid("c", str(i)) for i in range(pool_rows)]
+    column = rng.random(pool_rows).astype(np.float32)
+    samples = tmp_path / "samples.parquet"
+    pl.DataFrame({"uid": uids, "value": column}).write_parquet(samples)
+    alive = np.arange(pool_rows)
+    frames, parts, entries = [], [], []
+    kinds = ["own_scores", "per_row", "column_scores", "one_reason", "remove_all", "one_reason"]
+    for index, kind in enumerate(kinds):
+        keep = rng.random(len(alive)) < (0.0 if kind == "remove_all" else 0.7)
+        reasons = np.array([f"reason {k}" for k in rng.integers(0, 9, len(alive))], dtype=object)
+        reason = reasons if kind == "per_row" else "one reason"
+        score = rng.random(len(alive)).astype(np.float32) if kind == "own_scores" else None
+        score_column = "value" if kind == "column_scores" else None
+        if score_column:
+            score = column[alive]
+        stage_parts = []
+        for shard, (low, high) in enumerate(((0, cut), (cut, pool_rows))):
+            inside = (alive >= low) & (alive < high)
+            piece = StageResult(
+                keep=keep[inside],
+                reason=reason if isinstance(reason, str) else reason[inside],
+                score=None if score is None else score[inside],
+                score_column=score_column,
+            )
+            path = tmp_path / f"{index}-{shard}.parquet"
+            write_part(path, kind, index, pl.Series(alive[inside], dtype=pl.UInt64), piece)
+            stage_parts.append(path)
+        parts.append((index, stage_parts))
+        entries.append(StageEntry(index, kind, score_column))
+        shown = np.broadcast_to(np.asarray(reason, dtype=object), (len(alive),))
+        frames.append(
+            (
+                index,
+                kind,
+                pl.DataFrame(
+                    {
+                        "row": pl.Series(alive, dtype=pl.UInt32),
+                        "kept": keep,
+                        "reason": pl.Series(
+                            [None if k else r for k, r in zip(keep, shown, strict=True)],
+                            dtype=pl.String,
+                        ),
+                        "score": pl.Series(score, dtype=pl.Float32)
+                        if score is not None
+                        else pl.Series([None] * len(alive), dtype=pl.Float32),
+                    }
+                ),
+            )
+        )
+        alive = alive[keep]
+    info = CompactInfo(pool_rows, tuple(entries))
     out = tmp_path / "decisions.parquet"
-    assert write_decisions(out, uids, files, row_group_rows=1000) == sum(sizes)
-    reference = tmp_path / "reference.parquet"
-    pq.write_table(reference_decisions(frames, uids), reference, compression="zstd",
-                   row_group_size=1000 if sum(sizes) else None)  # fmt: skip
-    assert out.read_bytes() == reference.read_bytes()
-    assert pq.read_metadata(out).num_row_groups == max(1, -(-sum(sizes) // 1000))
+    assemble(out, parts, info)
+    reference = reference_decisions(frames, pl.Series(uids))
+    assert _normal(scan_decisions(out, [samples]).collect()).equals(reference)
+    connection = duckdb.connect()
+    relation = decisions_relation(connection, ds.dataset(out), ds.dataset(samples), info).order(
+        "stage_index, row"
+    )
+    assert _normal(relation.pl()).equals(reference)
+
+
+def test_one_stage_removing_most_rows_stores_little(tmp_path):
+    """70 % of a million rows removed with one reason, scores from a column: the full table
+    would take tens of MB (a uid per row and stage); the compact part about a bit per row."""
+    rng = np.random.default_rng(0)
+    rows = 1_000_000
+    keep = rng.random(rows) < 0.3
+    path = tmp_path / "part.parquet"
+    result = StageResult(keep=keep, reason="clip score < 0.25", score=rng.random(rows),
+                         score_column="clip_l14_similarity_score")  # fmt: skip
+    write_part(path, "clip_score", 0, pl.Series(np.arange(rows), dtype=pl.UInt64), result)
+    assert pq.read_metadata(path).num_rows == (~keep).sum()
+    assert path.stat().st_size < rows // 8 * 2  # under two bits a pool row
+    full = io.BytesIO()
+    uids = pl.Series([make_uid(str(i)) for i in range(rows)])
+    pl.DataFrame({"uid": uids, "kept": keep}).write_parquet(full)
+    assert full.tell() > 20 * path.stat().st_size
 
 
 class RowsParams(StageParams):
@@ -95,21 +153,21 @@ class RowsParams(StageParams):
 
 if "ds_modulus" not in STAGES:
 
-    @register_stage("ds_modulus", RowsParams)
+    @register_stage("ds_modulus", RowsParams, columns=(), per_row=True)
     def _modulus(context, params):
         """Removes every row whose number is a multiple of ``modulus``; a score, one reason."""
         rows = context.rows["row"].to_numpy()
         return StageResult(keep=rows % params.modulus != 0, reason="multiple",
                            score=(rows % params.modulus).astype(np.float32))  # fmt: skip
 
-    @register_stage("ds_caption", RowsParams)
+    @register_stage("ds_caption", RowsParams, columns=("text",), per_row=True)
     def _caption(context, params):
         """A reason per row (many distinct values)."""
         text = context.rows["text"].to_numpy()
         keep = np.array([len(t) % params.modulus != 0 for t in text])
         return StageResult(keep=keep, reason=np.array([f"caption {t!r}" for t in text]))
 
-    @register_stage("ds_dedup", RowsParams)
+    @register_stage("ds_dedup", RowsParams, columns=("uid", "duplicate_of"))
     def _dedup(context, params):
         """Keeps the lowest row of each group of copies (a copy names its original's uid)."""
         rows = context.rows
@@ -219,19 +277,29 @@ def brute_force_ground_truth(samples: pl.DataFrame, decisions: pl.DataFrame) -> 
     return counts
 
 
+OUTPUTS = ("uids.npy", "uids.parquet", "decisions.parquet", "ground_truth.parquet")
+
+
 @pytest.mark.parametrize("order", ORDERS, ids="-".join)
 def test_build_pool_decisions_and_ground_truth_match_the_references(noisy_pool, tmp_path, order):
     recipe = parse_recipe("name: r\nstages:\n" + "".join(STAGE_TEXT[s] for s in order), "r.yaml")
     result = build_pool(recipe, noisy_pool, tmp_path / "subset")
     pool = Pool.open(noisy_pool)
     frames = _run_stages_by_hand(pool, order)
-    reference = tmp_path / "reference.parquet"
-    pq.write_table(reference_decisions(frames, pool.samples()["uid"]), reference,
-                   compression="zstd")  # fmt: skip
-    decisions_path = tmp_path / "subset" / "decisions.parquet"
-    assert decisions_path.read_bytes() == reference.read_bytes()
+    reference = reference_decisions(frames, pool.samples()["uid"])
+    decisions = subset_decisions(tmp_path / "subset").collect()
+    assert _normal(decisions).equals(reference)
 
-    decisions = pl.read_parquet(decisions_path)
+    # the same stages in shards of 5 rows (the per-row ones sharing a task per shard), the
+    # tasks on two threads: the same bytes
+    sharded = build_pool(recipe, noisy_pool, tmp_path / "sharded", shard_rows=5,
+                         executor=LocalExecutor(workers=2))  # fmt: skip
+    assert sharded.kept == result.kept
+    for name in OUTPUTS:
+        assert (tmp_path / "sharded" / name).read_bytes() == (
+            tmp_path / "subset" / name
+        ).read_bytes(), name
+
     report = result.ground_truth
     assert report is not None
     assert report.equals(pl.read_parquet(tmp_path / "subset" / "ground_truth.parquet"))
@@ -249,3 +317,53 @@ def test_build_pool_decisions_and_ground_truth_match_the_references(noisy_pool, 
     if order[0] == "dedup":  # the copies it kept swapped labels with their originals
         first = report.filter((pl.col("stage_index") == 0) & (pl.col("noise") == "clean"))
         assert first["removed"].item() == 0
+
+
+def test_metadata_recipe_on_ray_and_threads_gives_the_same_bytes(tmp_path):
+    """exact_dedup and clip_score's fraction as map -> reduce, basic and text_based per shard,
+    over a DataComp pool used in place in shards of 300 rows: the same files in this process,
+    on two threads and as tasks of a local Ray instance."""
+    ray = pytest.importorskip("ray")
+    from curate.core.executor import RayExecutor
+    from curate.ingest.datacomp import reference_in_place
+
+    bench = str(Path(__file__).resolve().parents[1] / "bench")
+    if bench not in sys.path:
+        sys.path.insert(0, bench)
+    from bench_clip_score import generate_pool
+
+    source = tmp_path / "meta"
+    generate_pool(source, 3000, 3, seed=4)
+    first = pq.read_table(source / "00000000.parquet")
+    sha = first.column("sha256").to_pylist()
+    sha[500:540] = sha[:40]  # exact duplicates inside a file and across shards
+    pq.write_table(first.set_column(7, "sha256", pa.array(sha)), source / "00000000.parquet")
+    reference_in_place(source, tmp_path / "pool")
+    recipe = parse_recipe(
+        "name: m\nstages:\n"
+        "  - stage: exact_dedup\n"
+        "  - stage: clip_score\n    params: {fraction: 0.4, over: remaining,\n"
+        "                                   column: clip_l14_similarity_score}\n"
+        "  - stage: basic\n    params: {min_side: 300}\n"
+        "  - stage: text_based\n    params: {vocab: cifar10}\n",
+        "m.yaml",
+    )
+    runs = {"sequential": None, "threads": LocalExecutor(workers=2)}
+    results = {}
+    for name, executor in runs.items():
+        results[name] = build_pool(recipe, tmp_path / "pool", tmp_path / name, shard_rows=300,
+                                   executor=executor)  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        with RayExecutor() as executor:
+            results["ray"] = build_pool(recipe, tmp_path / "pool", tmp_path / "ray",
+                                        shard_rows=300, executor=executor)  # fmt: skip
+    finally:
+        ray.shutdown()
+    assert results["sequential"].stages[0].report["removed_duplicates"] == 40
+    for name in ("threads", "ray"):
+        assert results[name].kept == results["sequential"].kept
+        for output in ("uids.npy", "uids.parquet", "decisions.parquet"):
+            assert (tmp_path / name / output).read_bytes() == (
+                tmp_path / "sequential" / output
+            ).read_bytes(), (name, output)

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 import curate.dedup.semdedup as semdedup_module
+from curate.core.decisions_view import subset_decisions
 from curate.core.errors import UserInputError
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.groups import connected_components, keep_one_per_group, keep_order
@@ -365,7 +366,7 @@ stages:
         source="test.yaml",
     )
     result = build_pool(recipe, tmp_path / "pool", tmp_path / "subset")
-    decisions = pl.read_parquet(tmp_path / "subset" / "decisions.parquet")
+    decisions = subset_decisions(tmp_path / "subset").collect()  # the compact file, expanded
     removed = decisions.filter(~pl.col("kept"))
     by_stage = dict(removed.group_by("stage").len().iter_rows())
     assert by_stage["exact_dedup"] == 10 and by_stage["decontaminate"] == 2

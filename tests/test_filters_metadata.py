@@ -225,7 +225,8 @@ def test_clip_score_threshold_over_pool_or_remaining_rows(tmp_path):
     fixed = run_stage(
         "clip_score", rows, {"threshold": 0.5, "column": "clip_b32_similarity_score"}, tmp_path
     )
-    assert fixed.keep.sum() == 50 and fixed.reason[0] == "clip score 0.0 < 0.5"
+    assert fixed.keep.sum() == 50 and fixed.reason == "clip score < 0.5"
+    assert fixed.score_column == "clip_b32_similarity_score"  # not stored again
 
 
 def test_clip_score_compares_float32_scores_in_float32(tmp_path):

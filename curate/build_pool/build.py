@@ -1,13 +1,30 @@
 """build-pool: run a recipe's stages over a pool and write a candidate pool (a subset).
 
 Each stage sees the rows that survived the stages before it and answers with a keep-mask
-(see :mod:`curate.filters.registry`). Every decision is recorded, one row per sample and stage
-that saw it, so that any removal can be traced to its stage, reason and score.
+(see :mod:`curate.filters.registry`). The samples table is never loaded whole: it is cut
+into shards (blocks of rows of one parquet file, :meth:`Pool.table_shards`) and every step
+is a task per shard on the executor, reading only the columns the stages declared:
 
-Resuming: the output is built in ``.<OUT>.partial``; each finished stage's decisions are
-saved there under a key made of the pool's identity and the hash of the recipe *up to and
+- per-row stages (and a whole-pool stage once its plan is known) run shard by shard; the
+  stages that follow each other this way share one task per shard (the columns are read
+  once);
+- a whole-pool rule first computes its plan as map -> reduce tasks (``Stage.prepare``:
+  clip_score's threshold from per-shard histograms, exact_dedup's duplicates from
+  partitions by hash);
+- the embedding stages run in this process over the surviving rows (their own tasks go
+  to the executor);
+- the kept uids are spilled by prefix per shard, sorted per prefix, and streamed into
+  uids.npy and uids.parquet.
+
+So the driver holds O(shards) state. Each stage's decisions are stored compactly, one part
+per shard (:mod:`curate.build_pool.decisions`): any removal can still be traced to its
+stage, reason and score.
+
+Resuming: the output is built in ``.<OUT>.partial``; each finished stage's parts are saved
+there under a key made of the pool's identity and the hash of the recipe *up to and
 including* that stage. A rerun after a crash (or after fixing a later stage's parameters)
-reuses every finished stage whose prefix is unchanged and runs the rest.
+reuses every finished stage whose prefix is unchanged and runs the rest. The outputs are the
+same bytes on every executor and for every worker count.
 """
 
 from __future__ import annotations
@@ -19,16 +36,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from curate.build_pool.decisions import StageDecisions, write_decisions
-from curate.build_pool.ground_truth import ground_truth_report, has_ground_truth
-from curate.build_pool.recipe import Recipe, RecipeStage, bind_to_pool
+from curate.build_pool.decisions import assemble, check_result, write_part
+from curate.build_pool.ground_truth import NOISE_COLUMN, ground_truth_report
+from curate.build_pool.recipe import Recipe, RecipeStage, bind_to_pool, check_columns
 from curate.core.atomic import (
+    atomic_path,
     exclusive_lock,
     publish_directory,
     staging_dir_for,
@@ -36,28 +55,33 @@ from curate.core.atomic import (
     write_parquet,
     write_text,
 )
+from curate.core.decisions_view import CompactInfo, StageEntry, scan_decisions
 from curate.core.errors import InputNotFoundError, OutputExistsError, UserInputError
 from curate.core.executor import Executor, LocalExecutor
 from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, produced_by
-from curate.core.pool import Pool
-from curate.core.pool_writer import (
-    CORE_COLUMNS,
-    PoolWriter,
-    SourceSample,
-    ValidSample,
-    validate_sample,
-    write_shard,
-)
-from curate.core.uid import save_subset
+from curate.core.pool import SHARD_ROWS, Pool, ShardRows, TableShard
+from curate.core.uid import SUBSET_DTYPE, arrow_uid_halves, halves_to_arrow_uids
 from curate.filters.catalog import get_stage
-from curate.filters.registry import StageContext, StageResult
+from curate.filters.registry import (
+    PlanContext,
+    Stage,
+    StageContext,
+    StageResult,
+    merge_reports,
+)
+
+if TYPE_CHECKING:  # the pool writer imports webdataset (and torch): loaded only to reshard
+    from curate.core.pool_writer import SourceSample, ValidSample
 
 RESUME_DIR = "_resume"  # finished stages, inside the staging directory
 RESHARD_DIR = "_reshard"  # the resharded pool while it is being written
+KEPT_DIR = "_kept"  # the kept uids, spilled by prefix, while the outputs are written
 GROUND_TRUTH = "ground_truth.parquet"
-DECISIONS = "decisions.parquet"  # a finished stage's decisions, inside its resume directory
+PARTS = "parts"  # a stage's decisions, one file per shard, inside its resume directory
 ROW = "row"
+KEPT_BUCKET_ROWS = 4 << 20  # kept uids a sorting task holds at most (16 bytes each)
+UIDS_ROW_GROUP = 1024 * 1024  # pyarrow.parquet.write_table's row group size
 
 
 @dataclass(frozen=True)
@@ -66,9 +90,10 @@ class StageStats:
     stage: str
     rows_in: int
     rows_out: int
-    seconds: float
+    seconds: float  # the stage's own work: its plan plus every shard's task, summed
     report: dict[str, Any] = field(default_factory=dict)
     resumed: bool = False  # reused from an interrupted run instead of run again
+    score_column: str | None = None  # the samples-table column that holds its scores
 
     @property
     def removed(self) -> int:
@@ -96,6 +121,29 @@ class BuildObserver:
     def reshard_advanced(self, count: int) -> None: ...
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What build_pool knows before running anything: the pool, its shards, the stages."""
+
+    pool: Pool
+    recipe: Recipe
+    stages: tuple[RecipeStage, ...]
+    columns: dict[int, list[str]]  # the columns each stage reads, by stage index
+    shards: tuple[TableShard, ...]
+    identity: dict[str, Any]
+    resume: Path
+    shard_rows: int
+    executor: Executor
+    device: str
+
+    def stage_dir(self, stage: RecipeStage) -> Path:
+        key = _stage_key(self.identity, self.recipe, stage, self.shard_rows)
+        return self.resume / f"{stage.index:03d}-{stage.name}-{key[:16]}"
+
+    def parts(self, stage: RecipeStage) -> list[Path]:
+        return [self.stage_dir(stage) / PARTS / f"{s.index:06d}.parquet" for s in self.shards]
+
+
 def build_pool(
     recipe: Recipe,
     pool_path: Path | str,
@@ -106,69 +154,338 @@ def build_pool(
     samples_per_shard: int = 10_000,
     observer: BuildObserver | None = None,
     executor: Executor | None = None,
+    device: str = "cpu",
+    shard_rows: int = SHARD_ROWS,
 ) -> BuildResult:
     """Run ``recipe`` over the pool at ``pool_path``; publish the candidate pool at ``out``.
 
-    ``executor`` writes the resharded tars (one task per output shard; default: in this
-    process); the stages themselves run here, over whole columns."""
+    ``executor`` runs every per-shard task (the stages, their plans' map and reduce steps,
+    the kept uids, the resharded tars; default: in this process) and the embedding stages'
+    tasks. ``device``: where the embedding stages run FAISS (cpu, or cuda with faiss-gpu).
+    ``shard_rows``: the most rows one task reads (the outputs do not depend on it)."""
+    from curate.dedup.device import check_device
+
+    check_device(device)
     observer = observer or BuildObserver()
     pool = Pool.open(pool_path)
     out = Path(out)
+    available = pool.columns()
+    if ROW in available:
+        raise UserInputError(f"{pool.sample_paths()[0]}: column {ROW!r} is reserved for curate")
     identity = _pool_identity(pool, recipe)
     stages = bind_to_pool(recipe, pool.root.resolve())
+    columns = check_columns(recipe, stages, available)
     if reshard and not pool.manifest.has_images:
         raise UserInputError(
             f"{pool.root} has no images (metadata only), so --reshard has nothing to copy; "
             "drop --reshard or download the images first"
         )
+    executor = executor or LocalExecutor(workers=1)
     with exclusive_lock(out):
         if out.exists() and not overwrite:
             raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
         staging = staging_dir_for(out)
         resume = staging / RESUME_DIR
         resume.mkdir(parents=True, exist_ok=True)
-
-        samples = pool.samples()
-        if ROW in samples.columns:
-            raise UserInputError(f"{pool.layout.samples}: column {ROW!r} is reserved for curate")
-        pool_count, ground_truth = samples.height, has_ground_truth(samples)
-        survivors = samples.with_row_index(ROW)
-        del samples  # the first stage's filter frees the whole table
-        stage_files: list[StageDecisions] = []
-        stage_stats: list[StageStats] = []
-        for stage in stages:
-            key = _stage_key(identity, recipe, stage)
-            stage_dir = resume / f"{stage.index:03d}-{stage.name}-{key[:16]}"
-            observer.stage_started(stage, survivors.height)
-            kept, stats = _run_or_resume(stage, survivors, pool, recipe, identity, stage_dir)
-            observer.stage_finished(stats)
-            stage_files.append(StageDecisions(stage.index, stage.name, stage_dir / DECISIONS))
-            stage_stats.append(stats)
-            survivors = survivors.filter(kept)
-            del kept
+        plan = _Plan(
+            pool,
+            recipe,
+            stages,
+            columns,
+            tuple(pool.table_shards(shard_rows)),
+            identity,
+            resume,
+            shard_rows,
+            executor,
+            device,
+        )
+        pool_count = sum(shard.rows for shard in plan.shards)
+        stage_stats = _run_stages(plan, pool_count, observer)
+        kept = stage_stats[-1].rows_out if stage_stats else pool_count
 
         _clear_outputs(staging)
         layout = SubsetLayout(staging)
-        write_decisions(layout.decisions, pool.samples(columns=["uid"])["uid"], stage_files)
+        info = CompactInfo(
+            pool_count,
+            tuple(StageEntry(s.index, s.stage, s.score_column) for s in stage_stats),
+        )
+        assemble(layout.decisions, [(s.index, plan.parts(s)) for s in stages], info)
         write_parquet(layout.stages, _stages_table(stage_stats))
-        kept_uids = survivors["uid"].sort()
-        write_parquet(layout.uids_parquet, pl.DataFrame({"uid": kept_uids}))
-        save_subset(kept_uids.to_list(), layout.uids_npy)
+        removed = [plan.parts(stage) for stage in stages]
+        _write_kept_uids(plan, removed, kept, staging)
         write_text(layout.recipe, recipe.text)
         report = None
-        if ground_truth:
+        if NOISE_COLUMN in available:
             labels = pool.scan_samples().with_row_index(ROW)
-            report = ground_truth_report(labels, pl.scan_parquet(layout.decisions))
+            decisions = scan_decisions(layout.decisions, pool.sample_paths())
+            report = ground_truth_report(labels, decisions)
             write_parquet(staging / GROUND_TRUTH, report)
         if reshard:
-            executor = executor or LocalExecutor(workers=1)
+            survivors = _kept_rows(plan, removed)
             _reshard(pool, survivors, staging, identity, samples_per_shard, observer, executor)
         shutil.rmtree(resume)
-        _manifest(out, pool, recipe, identity, survivors.height, reshard, stage_stats).write(
-            staging
-        )
+        _manifest(out, pool, recipe, identity, kept, reshard, stage_stats).write(staging)
         publish_directory(staging, out, overwrite=overwrite)
-    return BuildResult(out, pool_count, survivors.height, tuple(stage_stats), report)
+    return BuildResult(out, pool_count, kept, tuple(stage_stats), report)
+
+
+# -- running the stages ----------------------------------------------------------------------
+
+
+def _run_stages(plan: _Plan, pool_count: int, observer: BuildObserver) -> list[StageStats]:
+    """Every stage in order: finished ones reused, the rest in segments (a stage and the
+    per-row stages after it share one task per shard)."""
+    stats: list[StageStats] = []
+    in_play = pool_count
+    position = 0
+    while position < len(plan.stages):
+        stage = plan.stages[position]
+        finished = _finished(plan, stage)
+        if finished is not None:
+            observer.stage_started(stage, in_play)
+            observer.stage_finished(finished)
+            stats.append(finished)
+            in_play = finished.rows_out
+            position += 1
+            continue
+        spec = get_stage(stage.name)
+        earlier = [plan.parts(s) for s in plan.stages[:position]]
+        if not spec.runs_per_row(stage.params) and not spec.plans(stage.params):
+            observer.stage_started(stage, in_play)
+            done = [_run_in_driver(plan, stage, spec, earlier)]
+        else:
+            segment = [stage]
+            while position + len(segment) < len(plan.stages):
+                following = plan.stages[position + len(segment)]
+                if _finished(plan, following) is not None or not get_stage(
+                    following.name
+                ).runs_per_row(following.params):
+                    break
+                segment.append(following)
+            observer.stage_started(stage, in_play)
+            done = _run_segment_tasks(plan, segment, earlier)
+        for index, result in enumerate(done):
+            if index:
+                observer.stage_started(plan.stages[position + index], result.rows_in)
+            observer.stage_finished(result)
+            stats.append(result)
+        in_play = done[-1].rows_out
+        position += len(done)
+    return stats
+
+
+def _finished(plan: _Plan, stage: RecipeStage) -> StageStats | None:
+    """The stats of a stage an earlier run finished (its stats.json is written last)."""
+    stats_path = plan.stage_dir(stage) / "stats.json"
+    if not stats_path.is_file() or not all(p.is_file() for p in plan.parts(stage)):
+        return None
+    stats = StageStats(**json.loads(stats_path.read_text("utf-8")))
+    return StageStats(**{**asdict(stats), "resumed": True})
+
+
+def _shard_rows(plan: _Plan, earlier: list[list[Path]]) -> list[ShardRows]:
+    """Per shard: its rows minus those the earlier stages removed."""
+    return [
+        ShardRows(shard, tuple(parts[shard.index] for parts in earlier)) for shard in plan.shards
+    ]
+
+
+@dataclass(frozen=True)
+class _StageRun:
+    """One stage of a segment task, everything a worker needs to run it on a shard."""
+
+    index: int
+    name: str
+    spec: Stage
+    params: Any
+    columns: tuple[str, ...]
+    part: Path  # this shard's decisions file
+    plan: Any = None
+
+
+@dataclass(frozen=True)
+class _SegmentTask:
+    rows: ShardRows
+    runs: tuple[_StageRun, ...]
+    pool_root: Path
+    seed: int
+    work_dirs: tuple[Path, ...]
+    embeddings_name: str | None
+    device: str
+
+
+@dataclass(frozen=True)
+class _ShardOutcome:
+    rows_in: int
+    rows_out: int
+    seconds: float
+    report: dict[str, Any]
+    score_column: str | None
+
+
+def _run_segment(task: _SegmentTask) -> list[_ShardOutcome]:
+    """Map: the segment's stages over one shard, one after another; writes each stage's
+    part and returns its counts and report."""
+    wanted = list(dict.fromkeys(c for run in task.runs for c in run.columns))
+    rows = task.rows.read(wanted)
+    outcomes = []
+    for run, work_dir in zip(task.runs, task.work_dirs, strict=True):
+        started = time.perf_counter()
+        if rows.height == 0:
+            result = StageResult(keep=np.zeros(0, dtype=bool), reason="")
+        else:
+            context = StageContext(
+                rows=rows.select(ROW, *run.columns),
+                pool_root=task.pool_root,
+                seed=task.seed,
+                work_dir=work_dir,
+                embeddings_name=task.embeddings_name,
+                device=task.device,
+                plan=run.plan,
+            )
+            result = run.spec.run(context, run.params)
+        rows_in, rows_out = write_part(run.part, run.name, run.index, rows[ROW], result)
+        keep = check_result(run.name, run.index, rows.height, result)
+        rows = rows.filter(pl.Series(keep))
+        report = json.loads(json.dumps(result.report, default=str))
+        seconds = time.perf_counter() - started
+        outcomes.append(_ShardOutcome(rows_in, rows_out, seconds, report, result.score_column))
+    return outcomes
+
+
+def _run_segment_tasks(
+    plan: _Plan, segment: list[RecipeStage], earlier: list[list[Path]]
+) -> list[StageStats]:
+    first = segment[0]
+    spec = get_stage(first.name)
+    shard_rows = _shard_rows(plan, earlier)
+    prepared, prepare_seconds = None, 0.0
+    if spec.plans(first.params):
+        started = time.perf_counter()
+        work_dir = plan.stage_dir(first) / "work"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        context = PlanContext(
+            shards=plan.shards,
+            survivors=tuple(shard_rows),
+            executor=plan.executor,
+            pool_root=plan.pool.root,
+            seed=plan.recipe.seed,
+            work_dir=work_dir,
+            embeddings_name=plan.identity["embeddings_name"],
+        )
+        assert spec.prepare is not None
+        prepared = spec.prepare(context, first.params)
+        prepare_seconds = time.perf_counter() - started
+    work_dirs = []
+    for stage in segment:
+        (plan.stage_dir(stage) / PARTS).mkdir(parents=True, exist_ok=True)
+        work_dirs.append(plan.stage_dir(stage) / "work")
+        work_dirs[-1].mkdir(exist_ok=True)
+    tasks = [
+        _SegmentTask(
+            rows,
+            tuple(
+                _StageRun(
+                    stage.index,
+                    stage.name,
+                    get_stage(stage.name),
+                    stage.params,
+                    tuple(plan.columns[stage.index]),
+                    plan.parts(stage)[rows.shard.index],
+                    prepared if stage is first else None,
+                )
+                for stage in segment
+            ),
+            plan.pool.root,
+            plan.recipe.seed,
+            tuple(work_dirs),
+            plan.identity["embeddings_name"],
+            plan.device,
+        )
+        for rows in shard_rows
+    ]
+    per_stage: list[list[_ShardOutcome]] = [[] for _ in segment]
+    for outcomes in plan.executor.map(_run_segment, tasks, threads_ok=True):
+        for collected, outcome in zip(per_stage, outcomes, strict=True):
+            collected.append(outcome)
+    results = []
+    for position, (stage, outcomes) in enumerate(zip(segment, per_stage, strict=True)):
+        merge = get_stage(stage.name).merge_reports or merge_reports
+        seconds = sum(o.seconds for o in outcomes) + (prepare_seconds if position == 0 else 0)
+        columns = {o.score_column for o in outcomes if o.rows_in}
+        stats = StageStats(
+            index=stage.index,
+            stage=stage.name,
+            rows_in=sum(o.rows_in for o in outcomes),
+            rows_out=sum(o.rows_out for o in outcomes),
+            seconds=round(seconds, 3),
+            report=merge([o.report for o in outcomes if o.rows_in]),
+            score_column=columns.pop() if len(columns) == 1 else None,
+        )
+        write_json(plan.stage_dir(stage) / "stats.json", asdict(stats))
+        results.append(stats)
+    return results
+
+
+def _run_in_driver(
+    plan: _Plan, stage: RecipeStage, spec: Stage, earlier: list[list[Path]]
+) -> StageStats:
+    """A stage over all the surviving rows at once, in this process (the embedding stages:
+    their own work goes to the executor as tasks). Its columns are read shard by shard."""
+    started = time.perf_counter()
+    shard_rows = _shard_rows(plan, earlier)
+    columns = plan.columns[stage.index]
+    frames = [rows.read(columns) for rows in shard_rows]
+    counts = [frame.height for frame in frames]
+    rows = pl.concat(frames) if frames else pl.DataFrame({ROW: pl.Series([], dtype=pl.UInt64)})
+    del frames
+    stage_dir = plan.stage_dir(stage)
+    (stage_dir / PARTS).mkdir(parents=True, exist_ok=True)
+    if rows.height == 0:
+        result = StageResult(keep=np.zeros(0, dtype=bool), reason="")
+    else:
+        context = StageContext(
+            rows=rows,
+            pool_root=plan.pool.root,
+            seed=plan.recipe.seed,
+            work_dir=stage_dir / "work",
+            embeddings_name=plan.identity["embeddings_name"],
+            executor=plan.executor,
+            device=plan.device,
+        )
+        context.work_dir.mkdir(parents=True, exist_ok=True)
+        result = spec.run(context, stage.params)
+    keep = check_result(stage.name, stage.index, rows.height, result)
+    start = 0
+    for count, part in zip(counts, plan.parts(stage), strict=True):
+        piece = _slice_result(result, start, count)
+        write_part(part, stage.name, stage.index, rows[ROW].slice(start, count), piece)
+        start += count
+    stats = StageStats(
+        index=stage.index,
+        stage=stage.name,
+        rows_in=rows.height,
+        rows_out=int(keep.sum()),
+        seconds=round(time.perf_counter() - started, 3),
+        report=json.loads(json.dumps(result.report, default=str)),
+        score_column=result.score_column,
+    )
+    write_json(stage_dir / "stats.json", asdict(stats))
+    return stats
+
+
+def _slice_result(result: StageResult, start: int, count: int) -> StageResult:
+    reason = result.reason
+    if not isinstance(reason, str):
+        reason = reason[start : start + count]
+    score = None if result.score is None else np.asarray(result.score)[start : start + count]
+    return StageResult(
+        keep=np.asarray(result.keep)[start : start + count],
+        reason=reason,
+        score=score,
+        report={},
+        score_column=result.score_column,
+    )
 
 
 # -- identity and resume ---------------------------------------------------------------------
@@ -197,86 +514,141 @@ def _pool_identity(pool: Pool, recipe: Recipe) -> dict[str, Any]:
     return identity
 
 
-def _stage_key(identity: dict[str, Any], recipe: Recipe, stage: RecipeStage) -> str:
+def _stage_key(
+    identity: dict[str, Any], recipe: Recipe, stage: RecipeStage, shard_rows: int
+) -> str:
     text = json.dumps(
-        {"pool": identity, "recipe_prefix": recipe.content_hash(stage.index + 1)}, sort_keys=True
+        {
+            "pool": identity,
+            "recipe_prefix": recipe.content_hash(stage.index + 1),
+            "shard_rows": shard_rows,
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _run_or_resume(
-    stage: RecipeStage,
-    rows: pl.DataFrame,
-    pool: Pool,
-    recipe: Recipe,
-    identity: dict[str, Any],
-    stage_dir: Path,
-) -> tuple[pl.Series, StageStats]:
-    """The stage's keep-mask over ``rows``; its decisions are saved in ``stage_dir``."""
-    decisions_path, stats_path = stage_dir / DECISIONS, stage_dir / "stats.json"
-    if stats_path.is_file():  # written last: the stage finished in an earlier run
-        stats = StageStats(**json.loads(stats_path.read_text("utf-8")))
-        decisions = pl.read_parquet(decisions_path, columns=[ROW, "kept"])
-        if decisions[ROW].equals(rows[ROW]):
-            return decisions["kept"], StageStats(**{**asdict(stats), "resumed": True})
-    started = time.perf_counter()
-    if rows.height == 0:
-        result = StageResult(keep=np.zeros(0, dtype=bool), reason="")
-    else:
-        context = StageContext(
-            rows=rows,
-            pool_root=pool.root,
-            seed=recipe.seed,
-            work_dir=stage_dir / "work",
-            embeddings_name=identity["embeddings_name"],
-        )
-        context.work_dir.mkdir(parents=True, exist_ok=True)
-        result = get_stage(stage.name).run(context, stage.params)
-    decisions = _stage_decisions(stage, rows, result)
-    stats = StageStats(
-        index=stage.index,
-        stage=stage.name,
-        rows_in=rows.height,
-        rows_out=int(decisions["kept"].sum()),
-        seconds=round(time.perf_counter() - started, 3),
-        report=json.loads(json.dumps(result.report, default=str)),
-    )
-    write_parquet(decisions_path, decisions)
-    write_json(stats_path, asdict(stats))
-    return decisions["kept"], stats
+# -- the kept uids -----------------------------------------------------------------------------
 
 
-def _stage_decisions(stage: RecipeStage, rows: pl.DataFrame, result: StageResult) -> pl.DataFrame:
-    """Check a stage's answer and turn it into (row, kept, reason, score)."""
-    n = rows.height
-    keep = np.asarray(result.keep)
-    if keep.shape != (n,) or keep.dtype != np.bool_:
-        raise RuntimeError(
-            f"stage {stage.index} ({stage.name}) returned a keep-mask of shape {keep.shape} and "
-            f"dtype {keep.dtype}; expected {n} booleans, one per row it was given"
+@dataclass(frozen=True)
+class _KeptTask:
+    rows: ShardRows  # the shard minus every stage's removals
+    bucket_bits: int
+    directory: Path
+
+
+@dataclass(frozen=True)
+class _SortTask:
+    bucket: int
+    directory: Path
+
+
+def _spill_kept(task: _KeptTask) -> int:
+    """Map: the shard's kept uids as (high, low) halves, into buckets by their top bits."""
+    uids = task.rows.read(["uid"])["uid"].to_arrow()  # polars reads strings fastest
+    halves, first_bad = arrow_uid_halves(uids)
+    if first_bad >= 0:
+        raise UserInputError(
+            f"{task.rows.shard.path}: uid {uids[first_bad].as_py()!r} is not 32 lowercase hex "
+            "characters, so the kept set cannot be written as DataComp's uids.npy"
         )
-    if isinstance(result.reason, str):
-        reason = pl.Series([result.reason], dtype=pl.String).new_from_index(0, n)
-    else:
-        reasons = np.asarray(result.reason, dtype=object)
-        if reasons.shape != (n,):
-            raise RuntimeError(f"stage {stage.name} returned {reasons.shape} reasons for {n} rows")
-        reason = pl.Series(pa.array(reasons, pa.large_string()), dtype=pl.String)
-    score: np.ndarray | None = None
-    if result.score is not None:
-        score = np.asarray(result.score, dtype=np.float32)
-        if score.shape != (n,):
-            raise RuntimeError(f"stage {stage.name} returned {score.shape} scores for {n} rows")
-    return pl.DataFrame(
-        {
-            ROW: rows[ROW],
-            "kept": pl.Series(keep, dtype=pl.Boolean),
-            "reason": reason,
-            "score": pl.Series(score, dtype=pl.Float32)
-            if score is not None
-            else pl.repeat(None, n, dtype=pl.Float32, eager=True),
-        }
-    ).with_columns(reason=pl.when(pl.col("kept")).then(None).otherwise(pl.col("reason")))
+    buckets = halves[:, 0] >> np.uint64(64 - task.bucket_bits) if task.bucket_bits else None
+    for bucket in range(1 << task.bucket_bits):
+        part = halves if buckets is None else halves[buckets == bucket]
+        target = task.directory / f"b{bucket:05d}" / f"{task.rows.shard.index:06d}.npy"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, part)
+    return len(halves)
+
+
+def _sort_bucket(task: _SortTask) -> int:
+    """Reduce: one bucket's halves sorted (the order np.sort gives DataComp's u8,u8 pairs)."""
+    folder = task.directory / f"b{task.bucket:05d}"
+    parts = [np.load(path) for path in sorted(folder.glob("*.npy"))]
+    halves = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.uint64)
+    del parts
+    ordered = pl.DataFrame({"f0": halves[:, 0], "f1": halves[:, 1]}).sort("f0", "f1")
+    del halves
+    f0, f1 = ordered["f0"].to_numpy(), ordered["f1"].to_numpy()
+    repeated = np.flatnonzero((f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1]))
+    if len(repeated):
+        (uid,) = halves_to_arrow_uids(np.array([[f0[repeated[0]], f1[repeated[0]]]])).to_pylist()
+        raise UserInputError(f"uid {uid} is repeated in the pool, so the kept set is not a set")
+    pairs = np.empty(len(f0), dtype=SUBSET_DTYPE)
+    pairs["f0"], pairs["f1"] = f0, f1
+    np.save(task.directory / f"sorted-{task.bucket:05d}.npy", pairs)
+    shutil.rmtree(folder, ignore_errors=True)
+    return len(pairs)
+
+
+def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging: Path) -> None:
+    """uids.npy and uids.parquet of the kept samples, sorted, through map -> reduce tasks
+    (spill by prefix, sort each prefix), then streamed into the two files in order."""
+    directory = staging / KEPT_DIR
+    if directory.exists():
+        shutil.rmtree(directory)
+    directory.mkdir()
+    bits = (max(1, -(-kept // KEPT_BUCKET_ROWS)) - 1).bit_length()  # 2**bits buckets
+    tasks = [_KeptTask(rows, bits, directory) for rows in _shard_rows(plan, removed)]
+    spilled = sum(plan.executor.map(_spill_kept, tasks, threads_ok=True))
+    sorts = [_SortTask(bucket, directory) for bucket in range(1 << bits)]
+    counts = list(plan.executor.map(_sort_bucket, sorts, threads_ok=True))
+    if spilled != kept or sum(counts) != kept:
+        raise RuntimeError(f"kept {kept} samples but wrote {spilled} uids ({sum(counts)} sorted)")
+    layout = SubsetLayout(staging)
+    with atomic_path(layout.uids_npy) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=SUBSET_DTYPE, shape=(kept,))
+        start = 0
+        for bucket in range(1 << bits):
+            pairs = np.load(directory / f"sorted-{bucket:05d}.npy")
+            array[start : start + len(pairs)] = pairs
+            start += len(pairs)
+        array.flush()
+        del array
+    schema = pa.schema([("uid", pa.large_string())])
+    with (
+        atomic_path(layout.uids_parquet) as tmp,
+        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+    ):
+        for group in _row_groups(_sorted_uids(directory, 1 << bits), UIDS_ROW_GROUP):
+            writer.write_table(pa.table({"uid": group}, schema=schema))
+        if kept == 0:
+            writer.write_table(schema.empty_table())
+    shutil.rmtree(directory)
+
+
+def _sorted_uids(directory: Path, buckets: int) -> Iterator[pa.Array]:
+    for bucket in range(buckets):
+        pairs = np.load(directory / f"sorted-{bucket:05d}.npy")
+        if len(pairs):
+            yield halves_to_arrow_uids(pairs)
+
+
+def _row_groups(arrays: Iterator[pa.Array], size: int) -> Iterator[pa.ChunkedArray]:
+    """Regroup ``arrays`` into columns of exactly ``size`` values (the last may be shorter),
+    so the file has the row groups ``pq.write_table`` gives the whole column (zero-copy
+    slices: a group may span arrays)."""
+    pending: list[pa.Array] = []
+    pending_rows = 0
+    for array in arrays:
+        pending.append(array)
+        pending_rows += len(array)
+        while pending_rows >= size:
+            joined = pa.chunked_array(pending)
+            yield joined.slice(0, size)
+            rest = joined.slice(size)
+            pending, pending_rows = list(rest.chunks), len(rest)
+    if pending_rows:
+        yield pa.chunked_array(pending)
+
+
+def _kept_rows(plan: _Plan, removed: list[list[Path]]) -> pl.DataFrame:
+    """Every column of the kept samples, with ``row`` (for resharding an image pool)."""
+    columns = plan.pool.columns()
+    frames = [rows.read(columns) for rows in _shard_rows(plan, removed)]
+    rows = pl.concat(frames) if frames else pl.DataFrame()
+    return rows.with_columns(pl.col(ROW).cast(pl.UInt32)) if rows.height else rows
 
 
 # -- outputs ---------------------------------------------------------------------------------
@@ -368,6 +740,8 @@ def _reshard(
     """Copy the kept samples into the subset's own shards (the pool writer's layout): one
     task per output shard, reading the kept samples of its range from the pool's shards.
     Finished shards survive an interrupted run."""
+    from curate.core.pool_writer import PoolWriter
+
     duplicated = kept.filter(pl.col("uid").is_duplicated())
     if duplicated.height:
         raise RuntimeError(f"{pool.layout.samples}: uid {duplicated['uid'][0]} is repeated")
@@ -409,11 +783,15 @@ class _ReshardTask:
 
 
 def _write_kept_shard(task: _ReshardTask) -> int:
+    from curate.core.pool_writer import write_shard
+
     samples = _validated(_kept_samples(task.pool, task.kept))
     return write_shard(task.staging, task.shard_index, samples)
 
 
 def _validated(samples: Iterator[SourceSample]) -> Iterator[ValidSample]:
+    from curate.core.pool_writer import validate_sample
+
     for sample in samples:
         try:
             yield validate_sample(sample)
@@ -429,6 +807,8 @@ def _uids_digest(uids: pl.Series) -> str:
 
 def _kept_samples(pool: Pool, kept: pl.DataFrame) -> Iterator[SourceSample]:
     """The kept samples with their image bytes, in pool order, reading each shard once."""
+    from curate.core.pool_writer import CORE_COLUMNS, SourceSample
+
     extra_columns = [c for c in kept.columns if c not in CORE_COLUMNS and c != ROW]
     for (shard,), rows in kept.group_by("shard", maintain_order=True):
         wanted = set(rows["key"].to_list())

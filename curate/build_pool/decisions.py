@@ -1,22 +1,20 @@
-"""decisions.parquet: one row per sample and stage that saw it, streamed from the stages' files.
+"""decisions.parquet, compact: what each stage removed, not a row per sample and stage.
 
-build-pool saves each finished stage's decisions (``row``, ``kept``, ``reason``, ``score``)
-in its own parquet file for resume. This module assembles the candidate pool's
-decisions.parquet from those files one row group at a time, adding each row's ``uid`` and
-its stage, so memory stays at one row group plus the pool's uid column however many stages
-and rows there are (a whole in-memory table of 10M rows x 3 stages was the peak of a
-10M-row build).
+Each stage's task writes one part per shard (:func:`write_part`): the rows it removed with
+their reasons, and, only when the stage computed scores of its own, every row it saw with
+its score. A stage that kept everything writes an empty part; a stage whose scores are a
+column of the samples table (``StageResult.score_column``) stores none. At the end the parts
+are appended, stage by stage and shard by shard, into one file (:func:`assemble`) whose
+metadata names the stages; :mod:`curate.core.decisions_view` expands it back to one row per
+sample and stage (the ``decisions`` view of ``curate sql`` and the report).
 
-The bytes are those ``pyarrow.parquet.write_table`` gives for the whole table built in
-memory: row groups of ``ROW_GROUP_ROWS`` rows (its default), one chunk per column, and
-``stage`` / ``reason`` dictionary-encoded with one dictionary for the whole file (distinct
-values in order of first appearance, as ``pyarrow.compute.dictionary_encode`` makes it).
+One stage removing 70 % of 12.8M rows stores about 2 MB (the rows, delta-encoded; the reason,
+one dictionary entry) where the full form took 326 MB.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,138 +24,168 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.core.atomic import atomic_path
+from curate.core.decisions_view import METADATA_KEY, CompactInfo
+from curate.filters.registry import StageResult
 
-ROW = "row"
-ROW_GROUP_ROWS = 1024 * 1024  # pyarrow.parquet.write_table's default row group size
-READ_BATCH_ROWS = 256 * 1024
-STRING_DICTIONARY = pa.dictionary(pa.int32(), pa.string())
-SCHEMA = pa.schema(
-    [
-        ("uid", pa.large_string()),
-        (ROW, pa.uint32()),
-        ("stage_index", pa.uint16()),
-        ("stage", STRING_DICTIONARY),
-        ("kept", pa.bool_()),
-        ("reason", STRING_DICTIONARY),
-        ("score", pa.float32()),
-    ]
+ROW_GROUP_ROWS = 1024 * 1024
+REASONS = pa.dictionary(pa.int32(), pa.string())
+PART_SCHEMA = pa.schema(
+    [("row", pa.uint64()), ("kept", pa.bool_()), ("reason", REASONS), ("score", pa.float32())]
 )
-STAGE_SCHEMA = {ROW: pl.UInt32, "kept": pl.Boolean, "reason": pl.String, "score": pl.Float32}
+SCHEMA = pa.schema([("stage_index", pa.uint16()), *PART_SCHEMA])
+WRITE_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": ["reason"],
+    "column_encoding": {"row": "DELTA_BINARY_PACKED", "score": "BYTE_STREAM_SPLIT"},
+}
 
 
-@dataclass(frozen=True)
-class StageDecisions:
-    """Where one stage's decisions (columns of ``STAGE_SCHEMA``, in pool order) lie."""
-
-    index: int
-    stage: str
-    path: Path
-
-    def rows(self) -> int:
-        return pq.read_metadata(self.path).num_rows
+class StageAnswerError(RuntimeError):
+    """A stage returned a keep-mask, reasons or scores that do not fit its rows."""
 
 
-def write_decisions(
+def check_result(stage: str, index: int, rows: int, result: StageResult) -> np.ndarray:
+    """The keep-mask of ``result``, checked against the ``rows`` the stage was given."""
+    keep = np.asarray(result.keep)
+    if keep.shape != (rows,) or keep.dtype != np.bool_:
+        raise StageAnswerError(
+            f"stage {index} ({stage}) returned a keep-mask of shape {keep.shape} and "
+            f"dtype {keep.dtype}; expected {rows} booleans, one per row it was given"
+        )
+    return keep
+
+
+def write_part(
+    path: Path, stage: str, index: int, rows: pl.Series, result: StageResult
+) -> tuple[int, int]:
+    """One shard's decisions of one stage (``rows``: the pool rows it was given, in order).
+    Returns (rows in, rows kept)."""
+    n = rows.len()
+    keep = check_result(stage, index, n, result)
+    store_scores = result.score is not None and result.score_column is None
+    if store_scores:
+        score = np.asarray(result.score, dtype=np.float32)
+        if score.shape != (n,):
+            raise StageAnswerError(f"stage {stage} returned {score.shape} scores for {n} rows")
+        selected = np.ones(n, dtype=bool)
+    else:
+        score = None
+        selected = ~keep
+    positions = np.flatnonzero(selected)
+    if isinstance(result.reason, str):  # one reason: the dictionary's only value
+        indices = pa.array(np.zeros(len(positions), dtype=np.int32), mask=keep[positions])
+        reasons = pa.DictionaryArray.from_arrays(indices, pa.array([result.reason], pa.string()))
+    else:
+        all_reasons = _reasons(stage, result.reason, keep, n)
+        reasons = all_reasons.take(pa.array(positions, pa.int64()))
+    table = pa.table(
+        {
+            "row": pa.array(rows.cast(pl.UInt64).to_numpy()[positions], pa.uint64()),
+            "kept": pa.array(keep[positions], pa.bool_()),
+            "reason": reasons,
+            "score": pa.array(score[positions], pa.float32())
+            if score is not None
+            else pa.nulls(len(positions), pa.float32()),
+        },
+        schema=PART_SCHEMA,
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **WRITE_OPTIONS)
+    return n, int(keep.sum())
+
+
+def _reasons(stage: str, reason: object, keep: np.ndarray, n: int) -> pa.DictionaryArray:
+    """Per row: its reason where removed, null where kept, as a dictionary array."""
+    if isinstance(reason, str):
+        indices = pa.array(np.zeros(n, dtype=np.int32), mask=keep)
+        return pa.DictionaryArray.from_arrays(indices, pa.array([reason], pa.string()))
+    if isinstance(reason, pl.Series):
+        values = reason.cast(pl.String).to_arrow()
+    else:
+        array = np.asarray(reason, dtype=object)
+        if array.shape != (n,):
+            raise StageAnswerError(f"stage {stage} returned {array.shape} reasons for {n} rows")
+        values = pa.array(array, pa.large_string())
+    if len(values) != n:
+        raise StageAnswerError(f"stage {stage} returned {len(values)} reasons for {n} rows")
+    values = values.cast(pa.string())
+    encoded = values.dictionary_encode()
+    if not isinstance(encoded, pa.DictionaryArray):  # a ChunkedArray from a chunked Series
+        encoded = encoded.combine_chunks()
+    indices = pa.array(encoded.indices.to_numpy(zero_copy_only=False), mask=keep, type=pa.int32())
+    return pa.DictionaryArray.from_arrays(indices, encoded.dictionary)
+
+
+def part_counts(path: Path) -> int:
+    """Rows the part says its stage removed."""
+    table = pq.read_table(path, columns=["kept"])
+    return int(len(table) - table.column("kept").to_numpy(zero_copy_only=False).sum())
+
+
+def assemble(
     path: Path,
-    uids: pl.Series,
-    stages: Sequence[StageDecisions],
+    stages: Sequence[tuple[int, Sequence[Path]]],
+    info: CompactInfo,
     *,
     row_group_rows: int = ROW_GROUP_ROWS,
 ) -> int:
-    """Write decisions.parquet at ``path`` atomically; returns its number of rows.
+    """Append every stage's parts (in stage and shard order) into ``path``; returns its rows.
 
-    ``uids`` is the pool's uid column (``row`` indexes it); ``stages`` in recipe order.
-    """
-    stage_position = _first_appearance(s.stage for s in stages if s.rows() > 0)
-    reason_position = _first_appearance(_stage_reasons(stages))
-    dictionaries = {"stage": _dictionary(stage_position), "reason": _dictionary(reason_position)}
+    The rows are regrouped into row groups of ``row_group_rows`` and each group's reason
+    dictionary holds the reasons it uses in order of first appearance, so the file is the
+    same bytes however the pool was cut into shards."""
+    schema = SCHEMA.with_metadata({METADATA_KEY: info.to_json().encode("utf-8")})
     written = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, SCHEMA, compression="zstd") as writer:
-        batches = _plain_batches(uids, stages, stage_position)
-        for group in _row_groups(batches, row_group_rows):
-            writer.write_table(_encode(group, dictionaries, reason_position))
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+        for group in _row_groups(_tables(stages, schema), row_group_rows):
+            writer.write_table(_normal_reasons(group))
             written += group.num_rows
         if written == 0:
-            writer.write_table(SCHEMA.empty_table())
+            writer.write_table(schema.empty_table())
     return written
 
 
-def _plain_batches(
-    uids: pl.Series, stages: Sequence[StageDecisions], stage_position: dict[str, int]
-) -> Iterator[pa.Table]:
-    """Every stage's decisions in order, with uid and stage (its position in the dictionary);
-    ``reason`` still as strings."""
-    for stage in stages:
-        for batch in pq.ParquetFile(stage.path).iter_batches(
-            batch_size=READ_BATCH_ROWS, columns=list(STAGE_SCHEMA)
-        ):
-            rows = batch.column(ROW).cast(pa.uint32())
-            n = len(rows)
-            yield pa.table(
-                {
-                    "uid": uids.gather(rows.to_numpy()).to_arrow().cast(pa.large_string()),
-                    ROW: rows,
-                    "stage_index": pa.array(np.full(n, stage.index, np.uint16)),
-                    "stage": pa.array(np.full(n, stage_position[stage.stage], np.int32)),
-                    "kept": batch.column("kept").cast(pa.bool_()),
-                    "reason": batch.column("reason").cast(pa.string()),
-                    "score": batch.column("score").cast(pa.float32()),
-                }
-            )
+def _tables(stages: Sequence[tuple[int, Sequence[Path]]], schema: pa.Schema) -> Iterator[pa.Table]:
+    for index, parts in stages:
+        for part in parts:
+            table = pq.read_table(part, schema=PART_SCHEMA)
+            if len(table):
+                stage_index = pa.array(np.full(len(table), index, np.uint16))
+                yield table.add_column(0, "stage_index", stage_index).cast(schema)
 
 
-def _row_groups(batches: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
-    """Regroup ``batches`` into tables of exactly ``size`` rows (the last may be shorter)."""
+def _row_groups(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
+    """Regroup ``tables`` into tables of exactly ``size`` rows (the last may be shorter)."""
     pending: list[pa.Table] = []
     pending_rows = 0
-    for batch in batches:
-        pending.append(batch)
-        pending_rows += batch.num_rows
+    for table in tables:
+        pending.append(table)
+        pending_rows += table.num_rows
         while pending_rows >= size:
-            table = pa.concat_tables(pending)
-            yield table.slice(0, size).combine_chunks()
-            rest = table.slice(size)
+            joined = pa.concat_tables(pending)  # chunks keep their own parts' dictionaries
+            yield joined.slice(0, size)
+            rest = joined.slice(size)
             pending, pending_rows = [rest], rest.num_rows
     if pending_rows:
-        yield pa.concat_tables(pending).combine_chunks()
+        yield pa.concat_tables(pending)
 
 
-def _encode(
-    group: pa.Table, dictionaries: dict[str, pa.Array], reason_position: dict[str, int]
-) -> pa.Table:
-    """``stage`` and ``reason`` as indices into the file-wide dictionaries.
-
-    Reasons are first encoded against this row group's own (small) dictionary, whose values
-    are then looked up once each: hashing every row against the file-wide dictionary (which
-    may hold millions of distinct reasons) costs a second per row group.
-    """
-    local = pc.dictionary_encode(group.column("reason").combine_chunks())
-    local_values = local.dictionary.to_pylist()
-    to_file = np.fromiter(map(reason_position.__getitem__, local_values), np.int32)
-    indices = {
-        "stage": group.column("stage").combine_chunks(),
-        "reason": pc.take(pa.array(to_file), local.indices),
-    }
-    for name, dictionary in dictionaries.items():
-        encoded = pa.DictionaryArray.from_arrays(indices[name], dictionary)
-        group = group.set_column(group.schema.get_field_index(name), name, encoded)
-    return group.cast(SCHEMA)
-
-
-def _dictionary(position: dict[str, int]) -> pa.Array:
-    return pa.array(list(position), pa.string())
-
-
-def _first_appearance(values: Iterable[str]) -> dict[str, int]:
-    """Each distinct value and its position in order of first appearance."""
-    distinct = dict.fromkeys(values)
-    return dict(zip(distinct, range(len(distinct)), strict=True))
-
-
-def _stage_reasons(stages: Sequence[StageDecisions]) -> Iterator[str]:
-    """The non-null reasons of all stages in order (repeats within a read batch dropped)."""
-    for stage in stages:
-        for batch in pq.ParquetFile(stage.path).iter_batches(
-            batch_size=READ_BATCH_ROWS, columns=["reason"]
-        ):
-            yield from pc.unique(batch.column("reason")).drop_null().to_pylist()
+def _normal_reasons(group: pa.Table) -> pa.Table:
+    """The group with one reason dictionary: the values it uses, in order of first use."""
+    column = group.column("reason").unify_dictionaries()
+    dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
+    indices = pa.chunked_array(
+        [chunk.indices for chunk in column.chunks], type=pa.int32()
+    ).combine_chunks()
+    used = pc.unique(indices.drop_null()).to_numpy(zero_copy_only=False).astype(np.int64)
+    remap = np.zeros(len(dictionary), dtype=np.int32)
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    values = indices.to_numpy(zero_copy_only=False)
+    valid = ~np.asarray(indices.is_null())
+    new_indices = pa.array(
+        np.where(valid, remap[np.where(valid, values, 0).astype(np.int64)], 0),
+        pa.int32(),
+        mask=~valid,
+    )
+    reasons = pa.DictionaryArray.from_arrays(new_indices, dictionary.take(pa.array(used)))
+    return group.set_column(group.schema.get_field_index("reason"), "reason", reasons)

@@ -236,6 +236,28 @@ def bind_to_pool(recipe: Recipe, pool_root: Path) -> tuple[RecipeStage, ...]:
     return tuple(bound)
 
 
+def check_columns(
+    recipe: Recipe, stages: tuple[RecipeStage, ...], available: list[str]
+) -> dict[int, list[str]]:
+    """The samples-table columns each stage reads (by stage index), checked before any work:
+    a stage that reads a column the pool lacks is a :class:`RecipeError` naming the column
+    and the stage's line (every such problem at once)."""
+    from curate.filters.catalog import get_stage
+    from curate.filters.registry import MissingColumnError
+
+    columns: dict[int, list[str]] = {}
+    problems: list[str] = []
+    source = str(recipe.path) if recipe.path else recipe.name
+    for stage in stages:
+        try:
+            columns[stage.index] = get_stage(stage.name).columns_for(stage.params, available)
+        except MissingColumnError as error:
+            problems.append(f"{source} line {stage.line}: stages[{stage.index}]: {error}")
+    if problems:
+        raise RecipeError(_summary(source, problems))
+    return columns
+
+
 def _expand(value: Any, pool_root: str) -> Any:
     if isinstance(value, str):
         return value.replace(POOL_PLACEHOLDER, pool_root)

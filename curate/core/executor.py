@@ -40,9 +40,20 @@ class Executor:
 
     name: str = ""
 
-    def map(self, fn: Callable[[T], R], parts: Sequence[T], *, gpus: float = 0) -> Iterator[R]:
+    def map(
+        self,
+        fn: Callable[[T], R],
+        parts: Sequence[T],
+        *,
+        gpus: float = 0,
+        threads_ok: bool = False,
+    ) -> Iterator[R]:
         """``fn(part)`` for every part, yielded in the order of ``parts``. ``gpus``: what
-        one call needs of a GPU (Ray schedules by it; a local pool ignores it)."""
+        one call needs of a GPU (Ray schedules by it; a local pool ignores it).
+        ``threads_ok``: ``fn`` spends its time in code that releases the GIL (Arrow,
+        polars, numpy over columns), so the local executor runs the parts on threads of
+        this process instead of spawning processes (no start-up, nothing pickled); Ray
+        runs them as tasks either way."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -69,9 +80,18 @@ class LocalExecutor(Executor):
         self.workers = workers or machine_cores()
         self._pool: Any = None  # concurrent.futures.ProcessPoolExecutor, made on first use
 
-    def map(self, fn: Callable[[T], R], parts: Sequence[T], *, gpus: float = 0) -> Iterator[R]:
+    def map(
+        self,
+        fn: Callable[[T], R],
+        parts: Sequence[T],
+        *,
+        gpus: float = 0,
+        threads_ok: bool = False,
+    ) -> Iterator[R]:
         if self.workers == 1 or len(parts) <= 1:
             return (fn(part) for part in parts)
+        if threads_ok:
+            return _thread_map(fn, parts, self.workers)
         return self._pool_map(fn, parts)
 
     def _pool_map(self, fn: Callable[[T], R], parts: Sequence[T]) -> Iterator[R]:
@@ -133,7 +153,14 @@ class RayExecutor(Executor):
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.max_in_flight = max_in_flight or max(2, 2 * cpus)
 
-    def map(self, fn: Callable[[T], R], parts: Sequence[T], *, gpus: float = 0) -> Iterator[R]:
+    def map(
+        self,
+        fn: Callable[[T], R],
+        parts: Sequence[T],
+        *,
+        gpus: float = 0,
+        threads_ok: bool = False,
+    ) -> Iterator[R]:
         remote = self._ray.remote(fn).options(num_cpus=1, num_gpus=gpus)
         return self._collect(remote, parts)
 
@@ -167,6 +194,29 @@ class RayExecutor(Executor):
 
 
 _END = object()
+
+
+def _thread_map(fn: Callable[[T], R], parts: Sequence[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``parts`` on ``workers`` threads, answers in input order; at most
+    ``2 * workers`` parts run or wait ahead of the one being collected."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        waiting: deque[Any] = deque()
+        upcoming = iter(parts)
+        try:
+            while True:
+                while len(waiting) < 2 * workers:
+                    part = next(upcoming, _END)
+                    if part is _END:
+                        break
+                    waiting.append(pool.submit(fn, part))
+                if not waiting:
+                    return
+                yield waiting.popleft().result()
+        finally:
+            for future in waiting:
+                future.cancel()
 
 
 def machine_cores() -> int:

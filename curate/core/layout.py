@@ -5,6 +5,9 @@ A pool directory::
     POOL/
       manifest.json            written last: its presence marks a complete pool
       samples.parquet          a row per sample: uid, text, width, height, sha256, shard, key, ...
+      sample_files.json        instead of samples.parquet, for metadata used in place (DataComp's
+                               parquet files, `curate ingest --format datacomp`): the files, their
+                               rows, sizes and mtimes, in pool order (rows are numbered across them)
       ingest_report.json       what was skipped while ingesting, and why
       holdout.parquet          optional (demo pools): held-out clean images, the pool-holdout task
       shards/00000.tar ...     webdataset tars as img2dataset writes them (key.jpg|png, .txt, .json)
@@ -18,7 +21,9 @@ A candidate pool (the output of ``curate build-pool``)::
       manifest.json            kind = "subset", the parent pool's path and id, provenance
       uids.parquet             kept uids (sorted)
       uids.npy                 DataComp subset file (sorted u8,u8 pairs)
-      decisions.parquet        one row per sample and stage: kept/removed, reason, score
+      decisions.parquet        compact: the rows each stage removed (and scores it computed);
+                               read it as one row per sample and stage with
+                               curate.core.decisions_view.scan_decisions or `curate sql`
       stages.parquet           per stage: in, out, seconds
       recipe.yaml              the recipe that made it
       shards/                  optional resharded webdataset tars of the kept samples
@@ -44,6 +49,11 @@ class PoolLayout:
     @property
     def samples(self) -> Path:
         return self.root / "samples.parquet"
+
+    @property
+    def sample_files(self) -> Path:
+        """The list of parquet files a pool uses in place (no samples.parquet of its own)."""
+        return self.root / "sample_files.json"
 
     @property
     def ingest_report(self) -> Path:

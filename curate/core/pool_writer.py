@@ -22,11 +22,10 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import polars as pl
-from webdataset import TarWriter
 
 from curate.core.atomic import (
     atomic_path,
@@ -43,6 +42,9 @@ from curate.core.layout import PoolLayout, sample_key
 from curate.core.manifest import Manifest, produced_by
 from curate.core.npy_appender import NpyAppender, compact_rows
 from curate.core.uid import is_valid_uid, make_uid
+
+if TYPE_CHECKING:  # webdataset imports torch (seconds): loaded only to write shards
+    from webdataset import TarWriter
 
 # Fixed tar member mtime so that the same input gives byte-identical shards.
 SHARD_MTIME = 1_700_000_000
@@ -202,6 +204,8 @@ def write_shard(staging: Path, shard_index: int, samples: Iterable[ValidSample])
     partial = shard.with_name(f"{shard.name}.partial-{os.getpid()}")
     rows = []
     with open(partial, "wb") as handle:
+        from webdataset import TarWriter
+
         tar = TarWriter(handle, encoder=False, mtime=SHARD_MTIME)
         for position, sample in enumerate(samples):
             row, member = shard_entry(sample, shard_index, position)
@@ -562,6 +566,8 @@ class PoolWriter:
 
     # -- shards ------------------------------------------------------------------------
     def _open_tar(self, shard_index: int) -> TarWriter:
+        from webdataset import TarWriter
+
         if self._tar is None:
             self._shard_index = shard_index
             partial = self.layout.shard(shard_index).with_suffix(".tar.partial")

@@ -11,10 +11,14 @@ this module does the same (``spherical=True`` normalises centroids instead).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.clustering import assign, kmeans
+from curate.dedup.nearest import nearest_blocked
 
 ROWS_PER_CLUSTER = 128  # DataComp: 12.8M samples / 100,000 clusters
 
@@ -63,6 +67,40 @@ def image_based_keep(
     return ImageBasedSelection(
         keep=np.isin(cluster_ids, target_clusters),
         cluster_ids=cluster_ids,
+        target_clusters=target_clusters,
+        centroids=centroids,
+    )
+
+
+def image_based_keep_blocked(
+    survivors: Survivors,
+    target_image_emb: np.ndarray,
+    centroids: np.ndarray,
+    work: Path,
+    *,
+    executor: Any = None,
+    task_rows: int = TASK_ROWS,
+    gpu: bool = False,
+    progress: bool = False,
+) -> ImageBasedSelection:
+    """:func:`image_based_keep` with given centroids, the pool's rows read from the float16
+    file a block at a time by tasks of ``task_rows`` rows: the same assignment, the same keep
+    mask. This process holds the centroids, the target set and ``13`` bytes a row."""
+    pool = nearest_blocked(
+        survivors,
+        centroids,
+        work,
+        executor=executor,
+        task_rows=task_rows,
+        gpu=gpu,
+        progress=progress,
+        desc="assign clusters",
+    )
+    target_ids, _ = assign(target_image_emb, centroids, gpu=gpu)
+    target_clusters = np.unique(target_ids)
+    return ImageBasedSelection(
+        keep=np.isin(pool.index, target_clusters),
+        cluster_ids=pool.index,
         target_clusters=target_clusters,
         centroids=centroids,
     )

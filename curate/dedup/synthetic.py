@@ -12,6 +12,7 @@ a 0.95 threshold.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,9 +40,13 @@ def planted_near_duplicates(
     max_noise: float = 0.45,
     seed: int = 0,
     dtype: type = np.float32,
+    centers: np.ndarray | None = None,
 ) -> PlantedVectors:
+    """``centers``: use these cluster centers (unit rows) instead of drawing ``n_centers``."""
     rng = np.random.default_rng(seed)
-    centers = _normalise(rng.standard_normal((n_centers, dim), dtype=np.float32))
+    if centers is None:
+        centers = _normalise(rng.standard_normal((n_centers, dim), dtype=np.float32))
+    n_centers = len(centers)
     center = rng.integers(0, n_centers, size=n)
     vectors = np.empty((n, dim), dtype=dtype)
     scale = np.float32(spread / np.sqrt(dim))
@@ -62,3 +67,37 @@ def planted_near_duplicates(
         noise = rng.standard_normal((len(rows), dim), dtype=np.float32) * (amount / np.sqrt(dim))
         vectors[rows] = _normalise(vectors[source[rows]].astype(np.float32) + noise)
     return PlantedVectors(vectors, center, source)
+
+
+def planted_near_duplicates_file(
+    path: Path,
+    n: int,
+    dim: int,
+    *,
+    n_centers: int = 100,
+    duplicate_fraction: float = 0.1,
+    seed: int = 0,
+    block_rows: int = 1 << 20,
+) -> np.ndarray:
+    """Write ``n`` planted float16 rows to the ``.npy`` at ``path`` a block at a time (pools
+    larger than memory): the blocks share one set of centers, and each block's duplicates
+    copy rows of the same block. Returns each row's center."""
+    rng = np.random.default_rng(seed)
+    centers = _normalise(rng.standard_normal((n_centers, dim), dtype=np.float32))
+    center = np.empty(n, dtype=np.int64)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False}
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_2_0(handle, {**header, "shape": (n, dim)})
+        for number, start in enumerate(range(0, n, block_rows)):
+            stop = min(n, start + block_rows)
+            block = planted_near_duplicates(
+                stop - start,
+                dim,
+                duplicate_fraction=duplicate_fraction,
+                seed=seed + 1 + number,
+                dtype=np.float16,
+                centers=centers,
+            )
+            handle.write(block.vectors.tobytes())
+            center[start:stop] = block.center
+    return center

@@ -3,9 +3,14 @@ original_width, original_height, clip_b32/l14 similarity scores and sha256, each
 optional ``.npz`` beside it holding the precomputed OpenAI CLIP embeddings of its rows
 (``b32_img``, ``b32_txt``, ``l14_img``, ``l14_txt``, row-aligned with the parquet).
 
-The result is a metadata-only pool (no images; ``curate download`` fetches them): one polars
-table per file, and embeddings streamed from the ``.npz`` into ``embeddings/datacomp-b32/``
-and ``embeddings/datacomp-l14/`` without loading a whole array.
+Two ways to make a metadata-only pool of them (no images; ``curate download`` fetches them):
+
+- :func:`reference_in_place` (``curate ingest DIR --format datacomp``): check the files in
+  one streaming pass and use them where they are; nothing is copied.
+- :func:`read` through the ingest driver (``--copy``, and ``curate.ingest.ingest``): one
+  polars table per file into the pool's own samples.parquet (captions stripped, bad rows
+  skipped), and embeddings streamed from the ``.npz`` into ``embeddings/datacomp-b32/``
+  and ``embeddings/datacomp-l14/`` without loading a whole array.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -22,6 +28,10 @@ from numpy.lib import format as npy_format
 
 from curate.core.pool_writer import IngestError, PartEmbeddings
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
+
+if TYPE_CHECKING:
+    from curate.core.executor import Executor
+    from curate.ingest.run import IngestResult
 
 REQUIRED_COLUMNS = ("uid", "url", "text")
 RENAMED = {"original_width": "width", "original_height": "height"}
@@ -145,3 +155,243 @@ def _parts(
             table = table.with_columns(source=pl.lit(source))
         embeddings = _part_embeddings(file, table.height) if with_embeddings else {}
         yield MetadataPart(table=table, where=file.name, embeddings=embeddings)
+
+
+# -- metadata used in place ------------------------------------------------------------------
+
+UID_BUCKET_ROWS = 4 << 20  # uids a uniqueness task holds at most (16 bytes each)
+
+
+@dataclass(frozen=True)
+class _UidTask:
+    """Check one file's uids; spill their halves into buckets by prefix."""
+
+    file: Path
+    file_index: int
+    bucket_bits: int
+    spill_dir: Path
+
+
+@dataclass(frozen=True)
+class _BucketTask:
+    bucket: int
+    spill_dir: Path
+    files: tuple[Path, ...]
+
+
+def _check_uids(task: _UidTask) -> int:
+    """Map: every uid of ``task.file`` is 32 lowercase hex characters (else a one-line error
+    naming the file and row); its halves go to ``2**bucket_bits`` spill files by prefix."""
+    from curate.core.uid import arrow_uid_halves
+
+    uids = pq.read_table(task.file, columns=["uid"], use_threads=False).column("uid")
+    try:
+        halves, first_bad = arrow_uid_halves(uids)
+    except ValueError as error:
+        raise IngestError(f"{task.file}: column uid: {error}") from None
+    if first_bad >= 0:
+        raise IngestError(
+            f"{task.file} row {first_bad}: invalid uid {uids[first_bad].as_py()!r} (expected 32 "
+            "lowercase hex characters); fix the file, or ingest with --copy, which skips such rows"
+        )
+    shift = np.uint64(64 - task.bucket_bits)
+    buckets = halves[:, 0] >> shift if task.bucket_bits else None
+    for bucket in range(1 << task.bucket_bits):
+        part = halves if buckets is None else halves[buckets == bucket]
+        target = task.spill_dir / f"{bucket:05d}" / f"{task.file_index:06d}.npy"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        np.save(target, part)
+    return len(halves)
+
+
+def _repeated_uid(task: _BucketTask) -> str | None:
+    """Reduce: the first repeated uid of one bucket, as a message naming its files and rows
+    (hashing the high halves; only the rows whose high half repeats are compared whole)."""
+    from curate.core.uid import pairs_to_uids
+
+    directory = task.spill_dir / f"{task.bucket:05d}"
+    parts = [np.load(path) for path in sorted(directory.glob("*.npy"))]
+    if not parts:
+        return None
+    halves = np.concatenate(parts)
+    high = pl.Series(halves[:, 0])
+    if high.n_unique() == len(high):  # the usual answer, from one hash pass
+        return None
+    candidates = np.flatnonzero(high.is_duplicated().to_numpy())
+    if len(candidates) == 0:
+        return None
+    pairs = pl.DataFrame({"f0": halves[candidates, 0], "f1": halves[candidates, 1]})
+    repeated = pairs.filter(pl.struct("f0", "f1").is_duplicated()).sort("f0", "f1").head(1)
+    if repeated.height == 0:
+        return None
+    f0, f1 = repeated.row(0)
+    uid = pairs_to_uids(np.array([(f0, f1)], dtype="u8,u8"))[0]
+    where = [
+        f"{file} row {row}"
+        for file in task.files
+        for row in pl.read_parquet(file, columns=["uid"])
+        .with_row_index("row")
+        .filter(pl.col("uid") == uid)["row"]
+        .to_list()
+    ]
+    return (
+        f"{where[1]}: uid {uid} repeats {where[0]}; uids must be unique across the folder "
+        "(or ingest with --copy, which keeps the first and skips the others)"
+    )
+
+
+def _schema_key(schema) -> list[tuple[str, str]]:
+    return [(field.name, str(field.type)) for field in schema]
+
+
+def _check_schemas(files: list[Path]) -> tuple[list[int], list[str]]:
+    """Row counts of the files and their shared column names; one schema for all of them."""
+    first = None
+    rows = []
+    for file in files:
+        try:
+            metadata = pq.read_metadata(file)
+        except Exception as error:  # pyarrow raises several types for a damaged footer
+            raise IngestError(f"{file}: not a readable parquet file ({error})") from None
+        schema = metadata.schema.to_arrow_schema()
+        if first is None:
+            first = (file, schema)
+            missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+            if missing:
+                raise IngestError(
+                    f"{file}: missing column(s) {', '.join(missing)} of DataComp's metadata "
+                    f"schema; columns are: {', '.join(schema.names)}"
+                )
+        elif _schema_key(schema) != _schema_key(first[1]):
+            theirs, ours = dict(_schema_key(schema)), dict(_schema_key(first[1]))
+            differ = [
+                f"{name}: {ours.get(name, 'absent')} vs {theirs.get(name, 'absent')}"
+                for name in dict.fromkeys([*ours, *theirs])
+                if ours.get(name) != theirs.get(name)
+            ] or ["column order"]
+            raise IngestError(
+                f"{file}: its schema differs from {first[0].name} ({'; '.join(differ[:3])}); "
+                "every parquet file of a folder used in place needs the same columns and types"
+            )
+        rows.append(metadata.num_rows)
+    assert first is not None
+    return rows, list(first[1].names)
+
+
+def _check_npz(files: list[Path], rows: list[int]) -> list[Path | None]:
+    with_npz = [f for f in files if f.with_suffix(".npz").is_file()]
+    if not with_npz:
+        return [None] * len(files)
+    if len(with_npz) != len(files):
+        lacking = next(f for f in files if f not in with_npz)
+        raise IngestError(
+            f"{lacking.with_suffix('.npz')} is missing while {len(with_npz)} other parquet "
+            "files have their .npz: embeddings must cover every row (add the missing .npz "
+            "files, or ingest from a folder without any)"
+        )
+    for file, count in zip(files, rows, strict=True):
+        _part_embeddings(file, count)  # every member's header: keys, shapes, row counts
+    return [f.with_suffix(".npz") for f in files]
+
+
+def reference_in_place(
+    source: Path | str,
+    out: Path | str,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    executor: Executor | None = None,
+) -> IngestResult:
+    """Make a metadata-only pool that uses DataComp's parquet files (and .npz) where they are.
+
+    One streaming pass checks them: one schema for every file, each .npz present with as
+    many rows as its parquet, every uid 32 lowercase hex characters and unique across the
+    folder. The uids are checked by file on ``executor`` (a task per file spills the uid
+    halves into buckets by prefix; a task per bucket looks for repeats by hashing), so no
+    process holds more than a file's or a bucket's uids. Bad input stops with a one-line
+    error naming the file, and nothing is written.
+
+    The pool then holds ``sample_files.json`` (the files, their rows, sizes and mtimes)
+    instead of a copy: rows are numbered across the files in name order. Rows are kept as
+    they are (no captions stripped or skipped; ``ingest`` with ``--copy`` does that).
+    """
+    import shutil
+    import time
+
+    from curate.core.atomic import exclusive_lock, publish_directory, staging_dir_for, write_json
+    from curate.core.errors import InputNotFoundError, OutputExistsError
+    from curate.core.executor import LocalExecutor
+    from curate.core.layout import PoolLayout
+    from curate.core.manifest import Manifest, produced_by
+    from curate.ingest.run import IngestResult
+
+    started = time.perf_counter()
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise InputNotFoundError(f"{source} does not exist")
+    files = [f.resolve() for f in parquet_files(source)]
+    rows, columns = _check_schemas(files)
+    npz = _check_npz(files, rows)
+    total = sum(rows)
+    executor = executor or LocalExecutor(workers=1)
+    with exclusive_lock(out):
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+        staging = staging_dir_for(out)
+        if staging.exists():
+            shutil.rmtree(staging)
+        spill = staging / "_uids"
+        spill.mkdir(parents=True)
+        buckets = (max(1, -(-total // UID_BUCKET_ROWS)) - 1).bit_length()  # 2**buckets
+        try:
+            uid_tasks = [_UidTask(f, i, buckets, spill) for i, f in enumerate(files)]
+            for file, count, expected in zip(
+                files, executor.map(_check_uids, uid_tasks, threads_ok=True), rows, strict=True
+            ):
+                if count != expected:
+                    raise IngestError(f"{file}: read {count} uids but its footer says {expected}")
+            bucket_tasks = [_BucketTask(b, spill, tuple(files)) for b in range(1 << buckets)]
+            for problem in executor.map(_repeated_uid, bucket_tasks, threads_ok=True):
+                if problem is not None:
+                    raise IngestError(problem)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(spill)
+        layout = PoolLayout(staging)
+        listing = []
+        for file, count, embeddings in zip(files, rows, npz, strict=True):
+            stat = file.stat()
+            listing.append(
+                {
+                    "path": str(file),
+                    "rows": count,
+                    "size": stat.st_size,
+                    "mtime_ns": stat.st_mtime_ns,
+                    "npz": None if embeddings is None else str(embeddings),
+                }
+            )
+        write_json(layout.sample_files, {"columns": columns, "files": listing})
+        report = {"accepted": total, "skipped": 0, "skipped_by_reason": {}, "skip_examples": []}
+        write_json(layout.ingest_report, report)
+        record = {"type": "datacomp", "path": str(source.resolve()), "in_place": True}
+        Manifest(
+            name=name or out.name,
+            kind="pool",
+            source=record,
+            sample_count=total,
+            has_images=False,
+            produced_by=produced_by("ingest", in_place=True, files=len(files)),
+            extra={
+                "ingest": {"accepted": total, "skipped": 0},
+                "in_place": {"files": len(files), "npz": npz[0] is not None},
+            },
+        ).write(staging)
+        publish_directory(staging, out, overwrite=overwrite)
+    return IngestResult(
+        pool=out,
+        format="datacomp",
+        has_images=False,
+        report=report,
+        seconds=time.perf_counter() - started,
+    )

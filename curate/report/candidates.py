@@ -111,8 +111,13 @@ def read_decisions(subset: Subset) -> pl.DataFrame:
             schema={ROW: pl.UInt32, "stage_index": pl.Int64, "stage": pl.String,
                     "kept": pl.Boolean, "reason": pl.String}
         )  # fmt: skip
-    return pl.read_parquet(path, columns=[ROW, "stage_index", "stage", "kept", "reason"]).cast(
-        {"stage_index": pl.Int64, "stage": pl.String, "reason": pl.String}
+    from curate.core.decisions_view import subset_decisions  # the compact file, expanded
+
+    return (
+        subset_decisions(subset.root)
+        .select(ROW, "stage_index", "stage", "kept", "reason")
+        .collect()
+        .cast({"stage_index": pl.Int64, "stage": pl.String, "reason": pl.String})
     )
 
 

@@ -165,6 +165,38 @@ def _dataset(path: Path) -> ds.Dataset | None:
     return ds.dataset(path, format="parquet") if path.is_file() else None
 
 
+def _samples_dataset(root: Path) -> ds.Dataset | None:
+    """A pool's samples: samples.parquet, or the parquet files it uses in place."""
+    from curate.core.errors import CurateError
+    from curate.core.pool import sample_files
+
+    try:
+        files = [file.path for file in sample_files(root) if file.path.is_file()]
+    except CurateError:
+        return None
+    return ds.dataset(files, format="parquet") if files else None
+
+
+@dataclass(frozen=True)
+class _CompactDecisions:
+    """A compact decisions.parquet and its parent pool's samples (curate.core.decisions_view)."""
+
+    decisions: ds.Dataset
+    samples: ds.Dataset
+    info: Any
+
+
+def _compact_decisions(pool: PoolDir, path: Path) -> _CompactDecisions | None:
+    from curate.core.decisions_view import compact_info
+
+    info = compact_info(path) if path.is_file() else None
+    parent = pool.manifest.source.get("pool")
+    samples = _samples_dataset(Path(parent)) if info is not None and parent else None
+    if info is None or samples is None:
+        return None
+    return _CompactDecisions(ds.dataset(path, format="parquet"), samples, info)
+
+
 def _read_json_files(files: list[Path], **options: str) -> pa.Table:
     """Several JSON files as one Arrow table, columns unioned by name, ``_file`` per row.
 
@@ -236,28 +268,28 @@ def _add_subset_sources(sources: _Sources, pool: PoolDir) -> str | None:
         ("decisions", layout.decisions),
         ("stages", layout.stages),
     ):
-        if (data := _dataset(path)) is not None:
+        if view == "decisions" and (compact := _compact_decisions(pool, path)) is not None:
+            sources.add(view, pool.label, compact)
+        elif (data := _dataset(path)) is not None:
             sources.add(view, pool.label, data)
     if (own := _dataset(PoolLayout(pool.root).samples)) is not None:  # resharded
         sources.add("samples", pool.label, own)
         return None
     parent = pool.manifest.source.get("pool")
-    parent_samples = PoolLayout(Path(parent)).samples if parent else None
-    if parent_samples is None or not parent_samples.is_file():
+    parent_samples = _samples_dataset(Path(parent)) if parent else None
+    if parent_samples is None:
         return f"{pool.label}: its parent pool {parent} is missing, so `samples` has no rows for it"
     if not layout.uids_parquet.is_file():
         return (
             f"{pool.label}: {layout.uids_parquet.name} is missing, so `samples` has no rows for it"
         )
-    sources.add(
-        "samples", pool.label, (ds.dataset(parent_samples), ds.dataset(layout.uids_parquet))
-    )
+    sources.add("samples", pool.label, (parent_samples, ds.dataset(layout.uids_parquet)))
     return None
 
 
 def _add_pool_sources(sources: _Sources, pool: PoolDir) -> None:
     layout = PoolLayout(pool.root)
-    if (data := _dataset(layout.samples)) is not None:
+    if (data := _samples_dataset(pool.root)) is not None:
         sources.add("samples", pool.label, data)
     embeddings = _embedding_rows(pool)
     if embeddings:
@@ -355,6 +387,11 @@ class PoolCatalog:
     def _relation(self, view: str, label: str, data: Any) -> duckdb.DuckDBPyRelation:
         con = self.connection
         pool = sql_string(label)
+        if isinstance(data, _CompactDecisions):
+            from curate.core.decisions_view import decisions_relation
+
+            relation = decisions_relation(con, data.decisions, data.samples, data.info)
+            return relation.project(f"{pool} AS pool, *")
         if view == "samples" and isinstance(data, tuple):  # a candidate pool without shards
             parent, kept = (con.from_arrow(part) for part in data)
             return parent.join(kept.project("uid"), "uid", how="semi").project(f"{pool} AS pool, *")

@@ -1,0 +1,102 @@
+"""Each row's nearest row of a small base set (k-means centroids, an eval set's images), one
+executor task per block of rows read from the float16 file.
+
+The same computation as :func:`curate.dedup.knn.nearest` over the whole float32 matrix: a
+task searches its rows in the blocks that function would use (tasks start at multiples of
+the block), so the answers are identical, and no process holds more than one block of rows,
+the base set and the answers (``12`` bytes a row, ``16`` with ``with_distance``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curate.dedup.blocks import (
+    TASK_ROWS,
+    Survivors,
+    blocks,
+    load_arrays,
+    run_parts,
+    save_arrays,
+    task_bounds,
+)
+from curate.dedup.knn import exact_top, flat_index
+
+
+@dataclass(frozen=True)
+class NearestRows:
+    similarity: np.ndarray  # float32: inner product with the nearest base row
+    index: np.ndarray  # int64: which base row
+    distance: np.ndarray | None  # float32: 1 − cosine to that row normalised (with_distance)
+
+
+def nearest_blocked(
+    survivors: Survivors,
+    base: np.ndarray,
+    work: Path,
+    *,
+    executor: Any = None,
+    task_rows: int = TASK_ROWS,
+    gpu: bool = False,
+    with_distance: bool = False,
+    progress: bool = False,
+    desc: str = "nearest",
+) -> NearestRows:
+    """The nearest row of ``base`` (inner product) for every row of ``survivors``; ``work``
+    keeps the base and each task's answers (a rerun resumes)."""
+    work.mkdir(parents=True, exist_ok=True)
+    base_file = work / "base.npz"
+    if not base_file.is_file():
+        save_arrays(base_file, base=np.ascontiguousarray(base, dtype=np.float32))
+    tasks = [
+        NearestTask(
+            survivors.part(start, stop), start, base_file, gpu, with_distance, work / f"{i:05d}.npz"
+        )
+        for i, (start, stop) in enumerate(task_bounds(len(survivors), task_rows))
+    ]
+    run_parts(executor, nearest_part, tasks, gpus=1 if gpu else 0, desc=desc, progress=progress)
+    answers = [load_arrays(task.out) for task in tasks]
+
+    def joined(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate([np.zeros(0, dtype), *(a[name] for a in answers)])
+
+    return NearestRows(
+        similarity=joined("similarity", np.float32),
+        index=joined("index", np.int64),
+        distance=joined("distance", np.float32) if with_distance else None,
+    )
+
+
+@dataclass(frozen=True)
+class NearestTask:
+    survivors: Survivors  # this task's rows
+    start: int  # position of its first row
+    base: Path
+    gpu: bool
+    with_distance: bool
+    out: Path
+
+
+def nearest_part(task: NearestTask) -> None:
+    base = np.ascontiguousarray(load_arrays(task.base)["base"], dtype=np.float32)
+    index = flat_index(base, task.gpu)
+    n = len(task.survivors)
+    similarity = np.empty(n, dtype=np.float32)
+    ids = np.empty(n, dtype=np.int64)
+    distance = np.empty(n if task.with_distance else 0, dtype=np.float32)
+    unit = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
+    for a, b in blocks(task.start, task.start + n):
+        first, last = a - task.start, b - task.start
+        block = task.survivors.block(first, last)
+        found_similarity, found_ids = exact_top(index, block, base, 1)
+        similarity[first:last], ids[first:last] = found_similarity[:, 0], found_ids[:, 0]
+        if task.with_distance:
+            distance[first:last] = 1.0 - np.einsum("ij,ij->i", block, unit[found_ids[:, 0]])
+    arrays = {"similarity": similarity, "index": ids}
+    if task.with_distance:
+        arrays["distance"] = distance
+    save_arrays(task.out, **arrays)

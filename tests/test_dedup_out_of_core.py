@@ -1,0 +1,414 @@
+"""The embedding stages out of core: blocks of the float16 file read by tasks, against the
+in-memory computations on the whole float32 matrix (the reference), and `build-pool` with
+near_dedup (IVF), semdedup, image_based and decontaminate writing the same bytes in this
+process, on a local process pool and on a real local Ray instance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import polars as pl
+import pytest
+
+from curate.build_pool.build import build_pool
+from curate.build_pool.recipe import parse_recipe
+from curate.core.errors import UserInputError
+from curate.core.executor import Executor, LocalExecutor, RayExecutor
+from curate.core.manifest import Manifest, produced_by
+from curate.dedup import blocks as blocks_module
+from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_bounds
+from curate.dedup.clustering import assign, kmeans
+from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
+from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
+from curate.dedup.ivf import exact_pairs_blocked, ivf_pairs, list_groups
+from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
+from curate.dedup.nearest import nearest_blocked
+from curate.dedup.semdedup import semdedup_scores, semdedup_scores_blocked
+from curate.dedup.sharded import sharded_pairs_on_executor, sharded_self_pairs
+from curate.dedup.synthetic import planted_near_duplicates
+from curate.filters.catalog import get_stage
+from tests.test_filters_faiss import make_context
+
+N, DIM = 20_000, 32  # three tasks of 8,192 rows (the smallest task)
+TASK = 8192
+THRESHOLD = 0.95
+
+
+@pytest.fixture(scope="module")
+def pool_file(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """(float16 image.npy of N planted vectors, surviving pool rows: every 5th removed)."""
+    vectors = planted_near_duplicates(N, DIM, n_centers=40, duplicate_fraction=0.15, seed=2)
+    path = tmp_path_factory.mktemp("ooc") / "image.npy"
+    np.save(path, vectors.vectors.astype(np.float16))
+    return path, np.flatnonzero(np.arange(N) % 5 != 2)
+
+
+@pytest.fixture(scope="module")
+def survivors(pool_file) -> Survivors:
+    path, rows = pool_file
+    return Survivors(NpyFile.open(path), rows)
+
+
+@pytest.fixture(scope="module")
+def in_memory(pool_file) -> np.ndarray:
+    """The reference input: the survivors' vectors as one float32 matrix (as before)."""
+    path, rows = pool_file
+    return np.load(path)[rows].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def rows_file(pool_file, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("rows") / "rows.npy"
+    np.save(path, pool_file[1])
+    return path
+
+
+# -- reading blocks ----------------------------------------------------------------------------
+
+
+def test_npy_file_reads_what_numpy_reads(tmp_path, monkeypatch):
+    monkeypatch.setattr(blocks_module, "SPAN_ROWS", 64)  # many spans, reads that must split
+    data = np.random.default_rng(0).standard_normal((1000, 7)).astype(np.float16)
+    np.save(tmp_path / "a.npy", data)
+    np.save(tmp_path / "i.npy", np.arange(1000, dtype=np.int64) * 3)
+    file = NpyFile.open(tmp_path / "a.npy")
+    assert file.shape == (1000, 7) and len(file) == 1000 and file.row_bytes == 14
+    np.testing.assert_array_equal(file.range(10, 300), data[10:300])
+    np.testing.assert_array_equal(file.range(990, 2000), data[990:])
+    assert file.range(5, 5).shape == (0, 7)
+    index = np.random.default_rng(1).integers(0, 1000, size=700)  # any order, repeats
+    index[:5] = [999, 0, 63, 64, 65]  # span edges
+    np.testing.assert_array_equal(file.take(index), data[index])
+    np.testing.assert_array_equal(file.take(np.array([], dtype=np.int64)), data[:0])
+    with pytest.raises(IndexError):
+        file.take(np.array([1000]))
+    ints = NpyFile.open(tmp_path / "i.npy")
+    np.testing.assert_array_equal(ints.range(100, 200), np.arange(100, 200) * 3)
+
+
+def test_task_bounds_and_blocks_are_aligned():
+    assert task_bounds(20_000, 8192) == [(0, 8192), (8192, 16384), (16384, 20000)]
+    assert task_bounds(0, 8192) == []
+    with pytest.raises(ValueError, match="multiple of 8192"):
+        task_bounds(100, 5000)
+    assert blocks(8192, 20000) == [(8192, 16384), (16384, 20000)]
+    assert blocks(100, 9000, 4096) == [(100, 4096), (4096, 8192), (8192, 9000)]
+
+
+# -- each out-of-core computation against its in-memory reference --------------------------
+
+
+def test_nearest_blocked_is_nearest_over_the_whole_matrix(survivors, in_memory, tmp_path):
+    centroids = kmeans(in_memory, 50, seed=0, spherical=True)
+    found = nearest_blocked(survivors, centroids, tmp_path, task_rows=TASK, with_distance=True)
+    assert len(list(tmp_path.glob("0*.npz"))) == 2  # 16,000 survivors: two tasks
+    cluster_ids, similarity = assign(in_memory, centroids)
+    np.testing.assert_array_equal(found.index, cluster_ids)
+    np.testing.assert_array_equal(found.similarity, similarity)
+    reference = semdedup_scores(in_memory, cluster_ids, centroids)
+    np.testing.assert_array_equal(found.distance, reference.distance_to_centroid)
+
+
+def test_ivf_pairs_are_the_one_index_search(survivors, in_memory, rows_file, tmp_path):
+    plan = plan_index(len(survivors), "ivf", nprobe=4)
+    reference = self_pairs(in_memory, THRESHOLD, plan, seed=3)
+    assert len(reference) > 500
+    for run, options in {
+        "one group": {},
+        "groups": {"group_rows": 1500},
+        "torch": {"group_rows": 1500, "torch_device": "cpu"},  # the --device cuda code path
+    }.items():
+        found = ivf_pairs(
+            survivors, rows_file, THRESHOLD, plan, tmp_path / run, seed=3, task_rows=TASK, **options
+        )
+        np.testing.assert_array_equal(found.left, reference.left)
+        np.testing.assert_array_equal(found.right, reference.right)
+        if run == "torch":  # float32 products in another order than FAISS's
+            np.testing.assert_allclose(found.similarity, reference.similarity, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(found.similarity, reference.similarity)
+    assert len(list((tmp_path / "groups").glob("pairs-*.npz"))) > 5
+    assert len(list((tmp_path / "groups").glob("lists-*.npz"))) == 2
+
+
+def test_list_groups_hold_consecutive_lists_up_to_the_bound():
+    sizes = np.array([3, 4, 10, 1, 1, 0, 6])
+    assert list_groups(sizes, 7).tolist() == [0, 0, 1, 2, 2, 2, 3]
+    assert list_groups(sizes, 100).tolist() == [0] * 7
+
+
+def test_exact_pairs_blocked_is_exact_pairs(survivors, in_memory, rows_file, tmp_path):
+    queries = np.sort(np.random.default_rng(0).choice(len(survivors), 700, replace=False))
+    reference = exact_pairs(in_memory, queries, THRESHOLD)
+    found = exact_pairs_blocked(survivors, rows_file, queries, THRESHOLD, tmp_path, task_rows=TASK)
+    assert len(reference) > 50
+    np.testing.assert_array_equal(found.left, reference.left)
+    np.testing.assert_array_equal(found.right, reference.right)
+    np.testing.assert_array_equal(found.similarity, reference.similarity)
+
+
+def test_reported_cosines_do_not_depend_on_the_thread_count(in_memory, monkeypatch):
+    """FAISS's products round differently on 1 and 2 threads (checked first, so that the test
+    can fail); the values the stages report are rechecked, so they do not."""
+    import faiss
+
+    centroids = kmeans(in_memory, 40, seed=0)
+    index = faiss.IndexFlatIP(DIM)
+    index.add(centroids)
+    raw, answers = {}, {}
+    for threads in (1, 2):
+        faiss.omp_set_num_threads(threads)
+        raw[threads] = index.search(in_memory, 1)[0]
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))  # what a task of one CPU gets
+        flat = self_pairs(in_memory[:6000], THRESHOLD, plan_index(6000, "flat"))
+        ivf = self_pairs(in_memory, THRESHOLD, plan_index(len(in_memory), "ivf", nprobe=4))
+        answers[threads] = (nearest(centroids, in_memory), flat, ivf)
+    assert not np.array_equal(raw[1], raw[2])
+    (near1, flat1, ivf1), (near2, flat2, ivf2) = answers[1], answers[2]
+    for one, two in ((near1[0], near2[0]), (near1[1], near2[1])):
+        np.testing.assert_array_equal(one, two)
+    for one, two in ((flat1, flat2), (ivf1, ivf2)):
+        for name in ("left", "right", "similarity"):
+            np.testing.assert_array_equal(getattr(one, name), getattr(two, name))
+    assert len(flat1) > 100 and len(ivf1) > 500
+
+
+@pytest.mark.parametrize("order", ["hard", "easy"])
+def test_semdedup_blocked_is_semdedup_scores(survivors, in_memory, tmp_path, order):
+    centroids = kmeans(in_memory, 60, seed=0, spherical=True)
+    assigned = nearest_blocked(
+        survivors, centroids, tmp_path / "a", task_rows=TASK, with_distance=True
+    )
+    found = semdedup_scores_blocked(
+        survivors, assigned.index, assigned.distance, order, tmp_path / "c", task_rows=TASK
+    )
+    assert len(list((tmp_path / "c").glob("clusters-*.npz"))) >= 2
+    reference = semdedup_scores(in_memory, assign(in_memory, centroids)[0], centroids, order)
+    np.testing.assert_array_equal(found.max_similarity, reference.max_similarity)
+    np.testing.assert_array_equal(found.most_similar, reference.most_similar)
+    np.testing.assert_array_equal(found.rank, reference.rank)
+    assert 0.5 < found.kept_fraction(0.05) < 1
+
+
+def test_image_based_blocked_is_image_based_keep(survivors, in_memory, tmp_path):
+    rng = np.random.default_rng(4)
+    target = in_memory[rng.choice(len(in_memory), 40, replace=False)]
+    centroids = kmeans(in_memory, 100, seed=0)
+    reference = image_based_keep(in_memory, target, centroids=centroids)
+    found = image_based_keep_blocked(survivors, target, centroids, tmp_path, task_rows=TASK)
+    np.testing.assert_array_equal(found.keep, reference.keep)
+    np.testing.assert_array_equal(found.cluster_ids, reference.cluster_ids)
+    np.testing.assert_array_equal(found.target_clusters, reference.target_clusters)
+    assert 0 < found.keep.mean() < 1
+
+
+def test_sharded_tasks_are_the_sharded_search(survivors, pool_file, rows_file, tmp_path):
+    image = np.load(pool_file[0], mmap_mode="r")
+    rows = pool_file[1][:6000]
+    reference = sharded_self_pairs(image, rows, THRESHOLD, 2500)
+    part = Survivors(survivors.image, rows)
+    np.save(tmp_path / "rows.npy", rows)
+    found = sharded_pairs_on_executor(part, tmp_path / "rows.npy", THRESHOLD, 2500, tmp_path / "w")
+    assert len(list((tmp_path / "w").glob("shard-*.npz"))) == 3
+    for name in ("left", "right", "similarity"):
+        np.testing.assert_array_equal(getattr(found, name), getattr(reference, name))
+
+
+def test_kmeans_reads_only_its_sample_from_the_file(survivors, in_memory):
+    """k-means on Survivors (the sample read from the file) = k-means on the matrix."""
+    np.testing.assert_array_equal(
+        kmeans(survivors, 30, seed=5, train_sample=3000),
+        kmeans(in_memory, 30, seed=5, train_sample=3000),
+    )
+
+
+def test_a_stage_never_holds_the_float32_matrix(tmp_path):
+    """numpy's allocations (traced) during image_based stay well under the 4·N·d bytes of the
+    float32 copy the stages used to make (FAISS's own buffers are not traced)."""
+    n, dim = 60_000, 64
+    vectors = planted_near_duplicates(n, dim, n_centers=30, seed=1).vectors
+    ctx = make_context(tmp_path, vectors)
+    np.save(tmp_path / "target.npy", vectors[:20].astype(np.float16))
+    stage = get_stage("image_based")
+    params = stage.params_model(
+        target_embeddings=tmp_path / "target.npy", n_clusters=40, train_sample=2000, task_rows=TASK
+    )
+    tracemalloc.start()
+    try:
+        result = stage.run(ctx, params)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert 0 < result.keep.mean() < 1
+    assert peak < 4 * n * dim * 0.6
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+class Recording(Executor):
+    """Another executor, recording which task function each map call ran and on how many
+    parts (so the test knows the stages' tasks really ran on it)."""
+
+    def __init__(self, inner: Executor) -> None:
+        self.inner, self.calls = inner, []
+
+    def map(self, fn, parts, **options):
+        self.calls.append((fn.__name__, len(parts)))
+        return self.inner.map(fn, parts, **options)
+
+
+class CrashingExecutor(Executor):
+    """Runs parts in this process; raises after ``after`` parts (None: never)."""
+
+    def __init__(self, after: int | None = None) -> None:
+        self.after, self.ran = after, 0
+
+    def map(self, fn, parts, *, gpus=0):
+        for part in parts:
+            if self.after is not None and self.ran == self.after:
+                raise Crash
+            self.ran += 1
+            yield fn(part)
+
+
+def test_a_killed_step_resumes_from_its_finished_tasks(survivors, in_memory, tmp_path):
+    centroids = kmeans(in_memory, 20, seed=0)
+    with pytest.raises(Crash):
+        nearest_blocked(
+            survivors, centroids, tmp_path, executor=CrashingExecutor(1), task_rows=TASK
+        )
+    resumed = CrashingExecutor()
+    found = nearest_blocked(survivors, centroids, tmp_path, executor=resumed, task_rows=TASK)
+    assert resumed.ran == 1  # of two tasks: the other finished before the crash
+    np.testing.assert_array_equal(found.index, assign(in_memory, centroids)[0])
+    run_parts(resumed, lambda part: None, [SimpleNamespace(out=tmp_path / "00000.npz")])
+    assert resumed.ran == 1  # nothing left to run
+
+
+# -- the device -------------------------------------------------------------------------------
+
+
+def test_device_selection_falls_back_to_the_cpu_with_a_message(caplog):
+    import faiss
+
+    assert faiss_gpu("cpu") is False
+    with caplog.at_level(logging.WARNING, logger="curate.dedup"):
+        on_gpu = faiss_gpu("cuda")
+    if faiss_gpus(faiss) == 0:  # this machine: faiss-cpu, no GPU
+        assert on_gpu is False
+        assert "run on the CPU" in caplog.text and "faiss-gpu-cu12" in caplog.text
+    with pytest.raises(UserInputError, match="unknown device 'tpu'"):
+        check_device("tpu")
+    # what faiss_gpus reads from a faiss build: a CPU wheel lacks StandardGpuResources
+    assert faiss_gpus(SimpleNamespace(get_num_gpus=lambda: 2)) == 0
+    assert faiss_gpus(SimpleNamespace(get_num_gpus=lambda: 2, StandardGpuResources=object)) == 2
+    assert faiss_gpus(SimpleNamespace(get_num_gpus=lambda: 0, StandardGpuResources=object)) == 0
+
+
+# -- build-pool on every executor ---------------------------------------------------------
+
+
+def _metadata_pool(root: Path, vectors: np.ndarray) -> Path:
+    """A pool of samples without images: samples.parquet, a manifest, one embedding set."""
+    n = len(vectors)
+    uids = [f"{i:032x}" for i in range(n)]
+    root.mkdir(parents=True)
+    pl.DataFrame({"uid": uids, "text": [f"photo {i}" for i in range(n)]}).write_parquet(
+        root / "samples.parquet"
+    )
+    embeddings = root / "embeddings" / "test"
+    embeddings.mkdir(parents=True)
+    np.save(embeddings / "image.npy", vectors.astype(np.float16))
+    (embeddings / "meta.json").write_text(json.dumps({"name": "test"}))
+    rng = np.random.default_rng(0)
+    pl.DataFrame({"uid": uids, "clip_score": rng.random(n).astype(np.float32)}).write_parquet(
+        embeddings / "clip_score.parquet"
+    )
+    Manifest("t", "pool", {"type": "test"}, n, False, produced_by("test")).write(root)
+    return root
+
+
+RECIPE = """\
+name: embedding_stages
+seed: 1
+stages:
+  - stage: decontaminate
+    params: {{eval_embeddings: ["{eval}"], threshold: 0.97, task_rows: 8192}}
+  - stage: near_dedup
+    params: {{threshold: 0.95, index: ivf, nprobe: 4, keep: highest_clip_score,
+              recall_sample: 300, task_rows: 8192}}
+  - stage: semdedup
+    params: {{eps: 0.15, n_clusters: 40, train_sample: 4000, task_rows: 8192}}
+  - stage: image_based
+    params: {{target_embeddings: "{target}", n_clusters: 60, train_sample: 4000,
+              task_rows: 8192}}
+"""
+
+
+@pytest.fixture(scope="module")
+def embedding_pool(tmp_path_factory, pool_file) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("bp")
+    vectors = np.load(pool_file[0]).astype(np.float32)
+    pool = _metadata_pool(root / "pool", vectors)
+    rng = np.random.default_rng(7)
+    np.save(root / "eval.npy", vectors[rng.choice(N, 30, replace=False)].astype(np.float16))
+    target = vectors[rng.choice(N, 50, replace=False)]
+    np.save(root / "target.npy", target.astype(np.float16))
+    return pool, RECIPE.format(eval=root / "eval.npy", target=root / "target.npy")
+
+
+def _contents(out: Path) -> dict[str, bytes]:
+    files = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
+    contents = {name: path.read_bytes() for name, path in files.items()}
+    manifest = json.loads(contents.pop("manifest.json"))
+    for volatile in ("created", "produced_by"):
+        manifest.pop(volatile)
+    contents["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
+    stages = pl.read_parquet(files["stages.parquet"]).drop("seconds")
+    contents["stages.parquet"] = stages.write_csv().encode()
+    return contents
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def test_build_pool_writes_the_same_bytes_on_every_executor(embedding_pool, tmp_path, ray_instance):
+    pool, text = embedding_pool
+    recipe = parse_recipe(text, source="embedding_stages.yaml")
+    reference = build_pool(recipe, pool, tmp_path / "in-process" / "candidate")
+    stages = {s.stage: s for s in reference.stages}
+    assert all(stages[name].removed > 0 for name in ("decontaminate", "near_dedup", "semdedup"))
+    assert 0 < stages["image_based"].rows_out < stages["image_based"].rows_in
+    assert stages["near_dedup"].report["recall_vs_exact"] >= 0.95
+    expected = _contents(tmp_path / "in-process" / "candidate")
+    for run, executor in {
+        "local1": LocalExecutor(1),
+        "local2": LocalExecutor(2),
+        "ray": RayExecutor(),
+    }.items():
+        with executor:
+            recording = Recording(executor)
+            build_pool(recipe, pool, tmp_path / run / "candidate", executor=recording)
+        assert _contents(tmp_path / run / "candidate") == expected, run
+        tasks = {name for name, parts in recording.calls if parts > 1}  # they ran there
+        assert {"nearest_part", "assign_lists", "exact_part", "semdedup_part"} <= tasks, run
+    cuda = build_pool(
+        recipe, pool, tmp_path / "cuda" / "candidate", device="cuda"
+    )  # no GPU here: the CPU
+    assert cuda.kept == reference.kept
