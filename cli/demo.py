@@ -28,18 +28,32 @@ def demo_command(
         str | None, typer.Option(help="A named profile instead: default, full or smoke.")
     ] = None,
     seeds: Annotated[
-        str | None, typer.Option(help="Comma-separated training seeds, e.g. 0,1,2.")
+        str | None,
+        typer.Option(
+            help="Comma-separated training seeds, e.g. 0,1. A pairwise verdict (significant "
+            "or not) needs 2+ seeds of both pools; with one it is 'untested (1 seed)'."
+        ),
+    ] = None,
+    baseline_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder that keeps the baseline runs across outputs and profiles (default: "
+            "baseline-cache next to OUT); a run with the same model, settings, budget, seed, "
+            "training data and tasks is reused instead of trained again."
+        ),
     ] = None,
 ) -> None:
     """Answer "which data gives reliable models?" on the built-in demo data, end to end.
 
     Builds a noisy web-style pool from the shipped CIFAR-10 / CINIC-10 / MNIST subset, trains a
     filter network on a trusted slice, embeds the pool, builds candidate pools from the demo
-    recipes (no filter, CLIP-score top half, near-dup + CLIP score, image-based, and one that
-    keeps the more diverse ImageNet-origin source), trains a CLIP on each at one fixed budget,
-    fits the baseline line from standard models trained on CIFAR-10 only, and prints the
-    leaderboard. The report is OUT/report/index.html. Rerunning resumes after the last
-    finished step.
+    recipes (no filter, CLIP-score top half, near-dup + CLIP score, and one that keeps the
+    more diverse ImageNet-origin source), trains a CLIP on each at one fixed budget, fits the
+    baseline line from varied standard models trained on CIFAR-10 only (ViTs at patch 4 and 8
+    and a small ResNet, with and without augmentation, at several budgets; kept in
+    --baseline-cache), and prints the leaderboard with each pairwise ER difference, what its
+    interval covers and its verdict (which needs 2+ seeds: --seeds 0,1). The report is
+    OUT/report/index.html. Rerunning resumes after the last finished step.
 
     Example: curate demo --out runs/demo   (or --profile smoke for a one-minute check)
     """
@@ -55,6 +69,7 @@ def demo_command(
         out,
         profile=chosen,
         seeds=seed_list,
+        baseline_cache=baseline_cache,
         on_step=lambda name: console.print(f"[bold cyan]>[/] {name}"),
     )
     for table in rich_tables(result.leaderboard):

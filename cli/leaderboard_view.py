@@ -50,6 +50,7 @@ def rich_tables(leaderboard: Leaderboard) -> list[Any]:
             table.add_column(f"{shift_task} multi-ID ER", justify="right")
         table.add_column("avg ER", justify="right")
         table.add_column("avg acc", justify="right")
+        table.add_column("outside baselines' ID range", justify="center")
         for summary in summaries:
             by_pair = {(s.id_task, s.shift_task): s for s in summary.shifts}
             cells = [
@@ -69,12 +70,47 @@ def rich_tables(leaderboard: Leaderboard) -> list[Any]:
             average = summary.average_er
             cells.append("-" if average is None else f"{100 * average:+.1f}")
             cells.append(_percent(summary.average_accuracy))
+            extrapolated = summary.extrapolated
+            cells.append("-" if extrapolated is None else "yes" if extrapolated else "no")
             table.add_row(*cells)
         tables.append(table)
         differences = [d for d in leaderboard.differences if d.comparability_key == key]
         if differences:
             tables.append(_differences_rich_table(key, differences))
+    if any(fit is not None for fit in leaderboard.fits.values()):
+        tables.append(_fits_rich_table(leaderboard))
     return tables
+
+
+def _fits_rich_table(leaderboard: Leaderboard) -> Any:
+    """The baseline lines: fit, how far the baseline models scatter around it, its ID range."""
+    from rich.table import Table
+
+    table = Table(
+        title="baseline lines: logit(OOD) = slope × logit(ID) + intercept",
+        caption="residual std: the baseline models' scatter around their own line (n − 2 "
+        "dof), in logit units and in OOD accuracy points; an ER inside it is on the line",
+    )
+    for column in ("ID → shift", "slope", "intercept", "R²", "n", "residual std logit",
+                   "residual std points", "ID range %"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for (id_task, shift_task), fit in sorted(leaderboard.fits.items()):
+        if fit is None:
+            continue
+        spread = leaderboard.spreads.get((id_task, shift_task))
+        logit_std = spread and spread.residual_std_logit
+        points_std = spread and spread.residual_std_accuracy
+        table.add_row(
+            f"{id_task} → {shift_task}",
+            f"{fit.slope:.2f}",
+            f"{fit.intercept:+.2f}",
+            f"{fit.r_squared:.2f}",
+            str(fit.n_points),
+            "-" if logit_std is None else f"{logit_std:.3f}",
+            "-" if points_std is None else f"{100 * points_std:.1f}",
+            "-" if spread is None else f"{100 * spread.id_min:.1f}–{100 * spread.id_max:.1f}",
+        )
+    return table
 
 
 def _differences_rich_table(key: str, differences: Sequence[PairDifference]) -> Any:
@@ -82,15 +118,15 @@ def _differences_rich_table(key: str, differences: Sequence[PairDifference]) -> 
 
     table = Table(
         title=f"setup {key[:12]}: ER differences between pools (A ranked above B)",
-        caption="points [95% interval]: paired bootstrap over test images + seed spreads",
+        caption="points [95% interval]: paired bootstrap over test images, plus the seed "
+        "spreads when both pools ran 2+ seeds; a verdict needs 2+ seeds of both pools",
     )
-    for column in ("shift", "pool A", "pool B", "ER(A) − ER(B)", "significant"):
+    for column in ("shift", "pool A", "pool B", "ER(A) − ER(B)", "interval covers", "verdict"):
         table.add_column(column)
     for d in differences:
         interval = "" if d.low is None else f" [{100 * d.low:+.1f}, {100 * d.high:+.1f}]"
         table.add_row(
             d.shift_task, d.pool_a, d.pool_b, f"{100 * d.difference:+.1f}{interval}",
-            ("yes" if d.significant else "no")
-            + ("" if d.seed_noise_included else " (1 seed: test images only)"),
+            d.covers, d.verdict,
         )  # fmt: skip
     return table

@@ -19,6 +19,7 @@ from curate.eval.effective_robustness import (
     MultiLinearFit,
     fit_logit_line,
     fit_logit_plane,
+    logit,
 )
 
 TINY_BASELINE_SOURCE = "tiny-baselines"
@@ -81,6 +82,51 @@ def tiny_baseline_fit(baselines: Sequence[RunResult], id_task: str, shift_task: 
         id_task=id_task,
         ood_task=shift_task,
         source=TINY_BASELINE_SOURCE,
+    )
+
+
+@dataclass(frozen=True)
+class LineSpread:
+    """How closely the baseline models follow their own line, and the ID range it covers.
+
+    The residual standard errors are sqrt(sum of squared residuals / (n - 2)) (two fitted
+    parameters; None for n = 2, where the line passes through both points): in logit units,
+    and in OOD accuracy (each baseline's OOD accuracy minus the line's prediction, i.e. its own
+    ER). A line through one architecture at several budgets has a tiny spread that says nothing
+    about other standard models; a line through several kinds of models has the spread that
+    makes "on the line" a finding. A candidate whose ID accuracy lies outside
+    [``id_min``, ``id_max``] is measured against an extrapolated line.
+    """
+
+    residual_std_logit: float | None
+    residual_std_accuracy: float | None
+    id_min: float
+    id_max: float
+    n_points: int
+
+    def extrapolated(self, id_accuracy: float) -> bool:
+        return not self.id_min <= id_accuracy <= self.id_max
+
+
+def line_spread(
+    baselines: Sequence[RunResult], id_task: str, shift_task: str, fit: LinearFit
+) -> LineSpread:
+    """The residuals of ``fit`` (the tiny-baseline fit of the same baselines) and its ID range."""
+    points = baseline_points(baselines, (id_task, shift_task))
+    id_accuracy, ood_accuracy = points.accuracy[:, 0], points.accuracy[:, 1]
+    residual_logit = logit(ood_accuracy) - (fit.slope * logit(id_accuracy) + fit.intercept)
+    residual_accuracy = ood_accuracy - fit.predict(id_accuracy)
+    dof = len(points) - 2
+
+    def standard_error(residuals: np.ndarray) -> float | None:
+        return float(np.sqrt(np.sum(residuals**2) / dof)) if dof > 0 else None
+
+    return LineSpread(
+        residual_std_logit=standard_error(residual_logit),
+        residual_std_accuracy=standard_error(residual_accuracy),
+        id_min=float(id_accuracy.min()),
+        id_max=float(id_accuracy.max()),
+        n_points=len(points),
     )
 
 

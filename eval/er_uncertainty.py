@@ -22,8 +22,11 @@ The interval reported for a group of ``k`` seeds:
   taken as known: ``k - 1`` when seeds dominate, large when test images dominate.
 
 A difference between two groups adds their seed variances (Welch's degrees of freedom) to the
-paired bootstrap variance of the difference, and is ``significant`` when its interval
-excludes 0.
+paired bootstrap variance of the difference. Its interval excludes 0 or not; a *verdict* on
+it needs at least :data:`MIN_SEEDS_FOR_VERDICT` seeds per group: with one seed the interval
+covers test-image noise only, and the difference between two single training runs is mostly
+training noise (in the demo, seed 0's +2.7 [+0.0, +5.4] was +0.9 over three seeds), so the
+verdict is "untested (1 seed)" however narrow the interval.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from curate.eval.effective_robustness import (
 
 DEFAULT_BOOTSTRAP = 1000
 DEFAULT_CONFIDENCE = 0.95
+MIN_SEEDS_FOR_VERDICT = 2
 _CHUNK = 256
 
 
@@ -89,16 +93,54 @@ class ErEstimate:
 
 @dataclass(frozen=True)
 class ErDifference:
-    """ER of group A minus ER of group B on one pair."""
+    """ER of group A minus ER of group B on one pair.
+
+    ``significant`` says only whether the interval excludes 0; :attr:`verdict` is what may be
+    claimed, which also needs :data:`MIN_SEEDS_FOR_VERDICT` seeds in both groups.
+    """
 
     id_task: str
     shift_task: str
     difference: float
     interval: Interval
     significant: bool
+    n_seeds_a: int = 1
+    n_seeds_b: int = 1
+
+    @property
+    def tested(self) -> bool:
+        return min(self.n_seeds_a, self.n_seeds_b) >= MIN_SEEDS_FOR_VERDICT
+
+    @property
+    def verdict(self) -> str:
+        return difference_verdict(self.interval.excludes_zero, min(self.n_seeds_a, self.n_seeds_b))
+
+    @property
+    def covers(self) -> str:
+        return interval_covers(self.interval.method, self.n_seeds_a, self.n_seeds_b)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "verdict": self.verdict, "covers": self.covers}
+
+
+def interval_covers(method: str, n_seeds_a: int, n_seeds_b: int) -> str:
+    """What a difference's interval accounts for: the test images (bootstrap), the training
+    seeds (both groups' spreads), or one group's seeds only when the other ran one seed."""
+    images = method in ("bootstrap-percentile", "t-seeds+bootstrap")
+    seeded = sum(count > 1 for count in (n_seeds_a, n_seeds_b))
+    seeds = {0: "", 1: "one pool's seeds", 2: "seeds"}[seeded if method.startswith("t-") else 0]
+    if images and seeds:
+        return f"test images + {seeds}"
+    if images:
+        return "test images only"
+    return f"{seeds} only" if seeds else "nothing"
+
+
+def difference_verdict(excludes_zero: bool, min_seeds: int) -> str:
+    """ "significant" / "not significant" with enough seeds per group, else "untested"."""
+    if min_seeds < MIN_SEEDS_FOR_VERDICT:
+        return f"untested ({min_seeds} seed{'s' if min_seeds != 1 else ''})"
+    return "significant" if excludes_zero else "not significant"
 
 
 @dataclass(frozen=True)
@@ -326,7 +368,15 @@ def er_difference(
     ]
     paired = None if draws is None else draws[0] - draws[1]
     interval = _combined_interval(difference, seed_variances, paired, confidence)
-    return ErDifference(id_task, shift_task, difference, interval, interval.excludes_zero)
+    return ErDifference(
+        id_task,
+        shift_task,
+        difference,
+        interval,
+        interval.excludes_zero,
+        n_seeds_a=len(runs_a),
+        n_seeds_b=len(runs_b),
+    )
 
 
 def estimate_multi_id_er(

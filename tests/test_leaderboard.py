@@ -116,8 +116,19 @@ def test_leaderboard_ranks_by_er_and_writes_duckdb_and_parquet(scored, tmp_path)
     robust_vs_plain = differences.row(1, named=True)
     # a 6-point gap on 760 test images: the interval excludes 0
     assert robust_vs_plain["significant"] and robust_vs_plain["ci_low"] > 0
-    # only pairs of multi-seed pools have training-seed noise in their interval
-    assert differences["seed_noise_included"].to_list() == [False, True, False]
+    # only pairs of multi-seed pools have training-seed noise in their interval, and only
+    # they get a verdict; "middle" ran one seed
+    assert differences["covers"].to_list() == [
+        "test images + one pool's seeds",
+        "test images + seeds",
+        "test images + one pool's seeds",
+    ]
+    assert differences["verdict"].to_list() == [
+        "untested (1 seed)",
+        "significant",
+        "untested (1 seed)",
+    ]
+    assert differences["significant"].to_list() == [None, True, None]
 
 
 def test_rank_by_id_accuracy(scored, tmp_path):
@@ -134,8 +145,10 @@ def test_incomparable_runs_are_never_ranked_together(scored, tmp_path):
     board, written = build_leaderboard([scored], tmp_path / "out", group_by_key=True, n_boot=0)
     assert board.keys == ["key-1", "key-2"]
     titles = [table.title for table in rich_tables(board)]
-    # key-1: its ranking and its pairwise ER differences; key-2 (one pool): its ranking only
-    assert len(titles) == 3 and "differences" in titles[1] and titles[2].startswith("setup key-2")
+    # key-1: its ranking and its pairwise ER differences; key-2 (one pool): its ranking only;
+    # then the baseline lines with their residual spread
+    assert len(titles) == 4 and "differences" in titles[1] and titles[2].startswith("setup key-2")
+    assert titles[3].startswith("baseline lines")
     connection = duckdb.connect(str(written["database"]), read_only=True)
     ranks = connection.execute(
         "SELECT comparability_key, pool, rank FROM leaderboard ORDER BY comparability_key, rank"
@@ -177,3 +190,101 @@ def test_plots_are_written_as_png_and_svg(scored, tmp_path):
         assert image.size[0] > 500
     svg = (tmp_path / "plots" / names[1]).read_text()
     assert "<svg" in svg and "robust/clip-score/tiny" in svg
+
+
+def _verdicts(root, out, seeds):
+    """Two pools 6 points of ER apart on the shift (760 images), ``seeds`` each."""
+    write_baselines(root / "baselines", SLOPE, INTERCEPT)
+    _pool(root, "robust", 0.50, 0.06, seeds=seeds)
+    _pool(root, "plain", 0.50, 0.00, seeds=seeds)
+    board, written = build_leaderboard([root], out, n_boot=300)
+    with duckdb.connect(str(written["database"]), read_only=True) as connection:
+        row = connection.execute(
+            "SELECT pool_a, ci_low, ci_high, excludes_zero, covers, verdict, significant, "
+            "n_seeds_a, n_seeds_b FROM er_differences"
+        ).fetchone()
+    return board, row
+
+
+def test_one_seed_gets_no_verdict_however_narrow_the_interval(tmp_path):
+    board, row = _verdicts(tmp_path / "runs", tmp_path / "out", seeds=(0,))
+    pool_a, low, high, excludes_zero, covers, verdict, significant, n_a, n_b = row
+    assert pool_a.startswith("robust/")
+    # the test-image interval alone excludes 0, yet one training run per pool is no test
+    assert low > 0 and excludes_zero
+    assert (covers, verdict, significant, n_a, n_b) == (
+        "test images only",
+        "untested (1 seed)",
+        None,
+        1,
+        1,
+    )
+    (difference,) = board.differences
+    assert difference.significant is None and "untested (1 seed)" in difference.describe()
+    (table,) = [t for t in rich_tables(board) if "differences" in str(t.title)]
+    cells = [list(column.cells) for column in table.columns]
+    assert cells[4] == ["test images only"] and cells[5] == ["untested (1 seed)"]
+
+
+def test_two_seeds_give_a_verdict_from_images_and_seeds(tmp_path):
+    _, row = _verdicts(tmp_path / "runs", tmp_path / "out", seeds=(0, 1))
+    _, low, high, excludes_zero, covers, verdict, significant, n_a, n_b = row
+    assert low > 0 and excludes_zero
+    assert (covers, verdict, significant, n_a, n_b) == (
+        "test images + seeds",
+        "significant",
+        True,
+        2,
+        2,
+    )
+
+
+def test_line_spread_and_extrapolation_flags(tmp_path):
+    """Baselines off the line by known amounts: the residual spread matches np.polyfit's, and
+    a candidate below the baselines' ID range is flagged as extrapolated."""
+    offsets = (0.02, -0.03, 0.01, 0.03, -0.02)
+    ids = (0.3, 0.4, 0.5, 0.6, 0.7)
+    for index, (id_accuracy, offset) in enumerate(zip(ids, offsets, strict=True)):
+        write_run(
+            tmp_path / "baselines",
+            f"baseline-{index}",
+            {ID_TASK: id_accuracy, SHIFT_TASK: on_line(id_accuracy, SLOPE, INTERCEPT, offset)},
+            pool="cifar10-train",
+            recipe="",
+            seed=0,
+            samples_seen=5_000 * (index + 1),
+            baseline=True,
+            key=f"baseline-key-{index}",
+        )
+    _pool(tmp_path, "inside", 0.45, 0.0)
+    _pool(tmp_path, "below", 0.25, 0.0)
+    board, _ = build_leaderboard([tmp_path], tmp_path / "out", n_boot=0)
+
+    records = pl.read_parquet(tmp_path / "out" / "results.parquet").filter(pl.col("baseline"))
+    wide = records.pivot(on="task", index="run_id", values="acc1")
+    x, y = (np.log(wide[t] / (1 - wide[t])).to_numpy() for t in (ID_TASK, SHIFT_TASK))
+    slope, intercept = np.polyfit(x, y, 1)
+    residual_logit = y - (slope * x + intercept)
+    predicted = 1 / (1 + np.exp(-(slope * x + intercept)))
+    residual_acc = wide[SHIFT_TASK].to_numpy() - predicted
+    fits = pl.read_parquet(tmp_path / "out" / "baseline_fits.parquet").row(0, named=True)
+    assert fits["n_points"] == 5
+    assert fits["residual_std_logit"] == pytest.approx(np.sqrt(np.sum(residual_logit**2) / 3))
+    assert fits["residual_std_acc"] == pytest.approx(np.sqrt(np.sum(residual_acc**2) / 3))
+    assert fits["residual_std_acc"] > 0.01  # the offsets are 1-3 points
+    assert (fits["id_min"], fits["id_max"]) == pytest.approx((wide[ID_TASK].min(), 0.7), abs=1e-3)
+
+    flags = dict(
+        pl.read_parquet(tmp_path / "out" / "leaderboard.parquet")
+        .select("pool", "extrapolated")
+        .iter_rows()
+    )
+    assert flags == {"inside": False, "below": True}
+    shift_flags = dict(
+        pl.read_parquet(tmp_path / "out" / "shift_er.parquet")
+        .select("pool", "extrapolated")
+        .iter_rows()
+    )
+    assert shift_flags == flags
+    summary = next(s for s in board.summaries if s.group.pool == "below")
+    assert summary.extrapolated and summary.shifts[0].extrapolated

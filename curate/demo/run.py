@@ -10,6 +10,13 @@ individual commands write), and every step is skipped when its output already ex
 killed demo resumes where it stopped. Profiles set the sizes: ``default`` fits ~10 minutes
 on 2 CPU cores, ``full`` gives the diversity effect a fairer test (three seeds, four times the
 budget), ``smoke`` is the test suite's tiny version.
+
+The baseline line runs through several kinds of standard models (ViTs at patch 4 and 8, a
+small ResNet; augmentation on and off; several budgets and seeds), as a testbed's line does,
+so that its residual spread says how far a standard model may fall from it. Baseline runs
+are kept in a cache next to ``OUT`` (``run_demo(baseline_cache=...)``) and reused by later
+outputs and other profiles. A pairwise verdict needs two or more seeds per pool
+(``--seeds 0,1``); with one seed it is "untested (1 seed)".
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 from curate.core.atomic import exclusive_lock, write_json
 from curate.core.errors import UserInputError
+from curate.runs.baseline import BaselineModel
 
 DEMO_RECIPES = (
     "demo_no_filter",
@@ -43,6 +51,7 @@ class DigitsWorld:
     usps: int
     scale: str
     baseline_budgets: tuple[int, ...]
+    baseline_models: tuple[BaselineModel, ...] = ()
     recipes: tuple[str, ...] = ("demo_digits_mnist_only", "demo_digits_add_usps")
     task_set: str = "digits"
     tasks: tuple[str, ...] = ("mnist-test", "usps-test")
@@ -72,18 +81,36 @@ class DemoProfile:
     # the multi-ID plane); none: the multi-ID ER is not computed
     pool_baseline_budgets: tuple[int, ...] = ()
     digits: DigitsWorld | None = None
+    # the baseline line's other kinds of standard models (architectures, augmentation off),
+    # next to ``baseline_budgets`` of the scale's own model
+    baseline_models: tuple[BaselineModel, ...] = ()
+    # the scale the baseline runs start from (None: ``scale``); profiles that share it share
+    # the cached baseline runs
+    baseline_scale: str | None = None
 
+
+P8, RESNET = "curate-tiny-vit-p8", "curate-tiny-rn"
 
 PROFILES: dict[str, DemoProfile] = {
+    # ≤ 10 minutes on 2 cores: three candidate pools (no filter; near-dup + CLIP score; the same
+    # plus the diverse source) at one seed, and a baseline line of 6 standard models: the ViT
+    # at patch 4 (7,680 samples, 2 seeds; 15,360 without augmentation), at patch 8 (15,360 and
+    # 30,720) and a small ResNet (15,360); p8 and the ResNet are at chance at 7,680
     "default": DemoProfile(
         name="default",
         pool_size=10_500,
         holdout_size=1_000,
         scale="demo",
         filter_scale="demo",
-        baseline_budgets=(7_680, 15_360, 30_720),
-        baseline_seeds=(0,),
+        baseline_budgets=(7_680,),
+        baseline_seeds=(0, 1),
         seeds=(0,),
+        recipes=("demo_no_filter", "demo_neardup_clip", "demo_diverse_source"),
+        baseline_models=(
+            BaselineModel((15_360,), augment=False, seeds=(0,)),
+            BaselineModel((15_360, 30_720), arch=P8, seeds=(0,)),
+            BaselineModel((15_360,), arch=RESNET, seeds=(0,)),
+        ),
     ),
     # the diversity effect's fair test: 4x the budget, 3 seeds, five views of every clean
     # ImageNet-origin image (a diverse share of ~18 % instead of ~6 %), a second baseline
@@ -96,6 +123,12 @@ PROFILES: dict[str, DemoProfile] = {
         filter_scale="demo",
         baseline_budgets=(15_360, 30_720, 61_440, 122_880),
         baseline_seeds=(0,),
+        baseline_scale="demo",  # shares the default profile's cached baseline runs
+        baseline_models=(
+            BaselineModel((15_360, 61_440), augment=False),
+            BaselineModel((15_360, 30_720, 61_440), arch=P8),
+            BaselineModel((30_720, 61_440), arch=RESNET),
+        ),
         seeds=(0, 1, 2),
         recipes=("demo_neardup_clip", "demo_diverse_source"),
         diverse_views=5,
@@ -114,6 +147,10 @@ PROFILES: dict[str, DemoProfile] = {
         baseline_seeds=(0,),
         seeds=(0,),
         recipes=("demo_no_filter", "demo_clip_top50"),
+        baseline_models=(
+            BaselineModel((128,), arch="curate-tiny-vit-p8"),
+            BaselineModel((128,), arch="curate-tiny-rn", augment=False),
+        ),
         report_bootstrap=50,
         train_slice=r"regexp_like(image.path, '/00[0-9][0-9]\.jpg$')",
     ),
@@ -144,15 +181,24 @@ class _Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
 
 
+BASELINE_CACHE = "baseline-cache"
+
+
 def run_demo(
     out: Path | str,
     *,
     profile: str | DemoProfile = "default",
     seeds: tuple[int, ...] | None = None,
+    baseline_cache: Path | str | None = None,
     show_progress: bool = True,
     on_step: Callable[[str], None] | None = None,
 ) -> DemoResult:
-    """Run (or resume) the whole demo under ``out``; returns timings and the leaderboard."""
+    """Run (or resume) the whole demo under ``out``; returns timings and the leaderboard.
+
+    The baseline runs train in ``baseline_cache`` (default: ``baseline-cache`` next to
+    ``out``) and ``out/baseline`` links them, so that another output or profile reuses every
+    baseline run with the same settings instead of training it again.
+    """
     if isinstance(profile, str):
         if profile not in PROFILES:
             raise UserInputError(f"unknown demo profile {profile!r}; choose {', '.join(PROFILES)}")
@@ -161,14 +207,21 @@ def run_demo(
         profile = DemoProfile(**{**profile.__dict__, "seeds": tuple(seeds)})
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    cache = Path(baseline_cache).resolve() if baseline_cache else out.parent / BASELINE_CACHE
+    if cache == out or out in cache.parents:
+        # the report reads every run under OUT: other profiles' cached runs would join the line
+        raise UserInputError(
+            f"--baseline-cache {cache} is inside --out {out}; choose a folder outside it"
+        )
     result = DemoResult(out, profile)
     step = _Timer(result.seconds, on_step or (lambda name: None))
     with exclusive_lock(out / "demo"):
-        paths = _DemoPaths(out)
+        paths = _DemoPaths(out, cache)
         step("demo pool", lambda: _demo_pool(paths, profile, show_progress))
         step("filter network", lambda: _filter_network(paths, profile, show_progress))
         step("embed pool", lambda: _embed(paths, show_progress))
-        step("target embeddings", lambda: _targets(paths, profile))
+        if _needs_targets(profile.recipes):
+            step("target embeddings", lambda: _targets(paths, profile))
         for recipe in profile.recipes:
             step(f"build {recipe}", lambda r=recipe: _build(paths, r))
         step("baseline line", lambda: _baselines(paths, profile, show_progress))
@@ -188,6 +241,7 @@ def run_demo(
 @dataclass(frozen=True)
 class _DemoPaths:
     out: Path
+    baseline_cache: Path
 
     @property
     def pool(self) -> Path:
@@ -215,7 +269,7 @@ class _DemoPaths:
 
     @property
     def digits(self) -> _DemoPaths:
-        return _DemoPaths(self.out / "digits")
+        return _DemoPaths(self.out / "digits", self.baseline_cache)
 
     @property
     def result_roots(self) -> list[Path]:
@@ -276,6 +330,17 @@ def _embed(paths: _DemoPaths, show_progress: bool) -> None:
         )
 
 
+def _needs_targets(recipes: tuple[str, ...]) -> bool:
+    """Some recipe reads the pool's target embeddings (the image_based stage)."""
+    from curate.build_pool.recipe import load_recipe
+
+    return any(
+        "{pool}/targets/" in str(stage.params.model_dump())
+        for recipe in recipes
+        for stage in load_recipe(recipe).stages
+    )
+
+
 def _targets(paths: _DemoPaths, profile: DemoProfile) -> None:
     """The downstream training images, embedded by the pool's model (for image_based)."""
     from curate.core import shipped_data as demo_data
@@ -301,8 +366,10 @@ def _build(paths: _DemoPaths, recipe_name: str, out: Path | None = None) -> None
 
 
 def _baselines(paths: _DemoPaths, profile: DemoProfile, show_progress: bool) -> None:
-    """Standard models on ID-only data at several budgets; also evaluated on the raw pool's
-    holdout so that the multi-ID fit has both ID axes for every baseline point."""
+    """Standard models on ID-only data: several architectures, augmentation on and off, at
+    several budgets (cached across outputs); each also evaluated on this pool's holdout so that
+    the multi-ID fit has both ID axes for every baseline point."""
+    from curate.eval.records import RESULTS_FILE, finished_tasks
     from curate.runs.baseline import run_baselines
     from curate.runs.evaluate import evaluate_checkpoint
 
@@ -311,11 +378,14 @@ def _baselines(paths: _DemoPaths, profile: DemoProfile, show_progress: bool) -> 
         task_set="cifar10",
         budgets=profile.baseline_budgets,
         seeds=profile.baseline_seeds,
-        scale_name=profile.scale,
+        models=profile.baseline_models,
+        scale_name=profile.baseline_scale or profile.scale,
+        cache=paths.baseline_cache,
         show_progress=show_progress,
     )
     for run in runs:
-        evaluate_checkpoint(run.run_dir / "checkpoint", tasks=["pool-holdout"], pool=paths.pool)
+        if "pool-holdout" not in finished_tasks(run.run_dir / RESULTS_FILE):
+            evaluate_checkpoint(run.run_dir / "checkpoint", tasks=["pool-holdout"], pool=paths.pool)
 
 
 def _pool_baselines(paths: _DemoPaths, profile: DemoProfile) -> None:
@@ -375,7 +445,9 @@ def _digits_world(
             task_set=world.task_set,
             budgets=world.baseline_budgets,
             seeds=profile.baseline_seeds,
+            models=world.baseline_models,
             scale_name=world.scale,
+            cache=digits.baseline_cache,
             show_progress=show_progress,
         ),
     )

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.core.errors import UserInputError
-from curate.eval.baselines import tiny_baseline_fit
+from curate.eval.baselines import LineSpread, line_spread, tiny_baseline_fit
 from curate.eval.collect import KIND_ID, KIND_POOL_ID, RunResult
 from curate.eval.effective_robustness import LinearFit
 from curate.eval.er_uncertainty import (
@@ -61,6 +61,9 @@ class ShiftSummary:
     er: ErEstimate | None
     multi_id_er: MultiIdErEstimate | None
     problem: str | None = None
+    # the group's mean ID accuracy lies outside the baselines' ID range: the ER is measured
+    # against an extrapolated line (None: no line)
+    extrapolated: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,12 @@ class GroupSummary:
     def average_er(self) -> float | None:
         values = [shift.er.mean for shift in self.shifts if shift.er is not None]
         return float(np.mean(values)) if values else None
+
+    @property
+    def extrapolated(self) -> bool | None:
+        """Some shift's ER is measured outside the baselines' ID range (None: no ER)."""
+        flags = [shift.extrapolated for shift in self.shifts if shift.extrapolated is not None]
+        return any(flags) if flags else None
 
     @property
     def average_accuracy(self) -> float | None:
@@ -124,6 +133,7 @@ def _summarize_group(
     group: RunGroup,
     baselines: Sequence[RunResult],
     fits: dict[tuple[str, str], LinearFit | None],
+    spreads: dict[tuple[str, str], LineSpread],
     n_boot: int,
     confidence: float,
     seed: int,
@@ -160,7 +170,9 @@ def _summarize_group(
                 )
             except UserInputError as error:
                 problem = f"no multi-ID ER: {error}"
-        shifts.append(ShiftSummary(id_task, shift_task, er, multi, problem))
+        spread = spreads.get((id_task, shift_task))
+        extrapolated = None if spread is None else spread.extrapolated(accuracy[id_task][0])
+        shifts.append(ShiftSummary(id_task, shift_task, er, multi, problem, extrapolated))
     return GroupSummary(
         group=group,
         accuracy=accuracy,
@@ -181,6 +193,15 @@ def _baseline_fits(
         except UserInputError:
             fits[(id_task, shift_task)] = None
     return fits
+
+
+def _line_spreads(
+    fits: dict[tuple[str, str], LinearFit | None], baselines: Sequence[RunResult]
+) -> dict[tuple[str, str], LineSpread]:
+    """Each fitted line's residual spread and ID range."""
+    return {
+        pair: line_spread(baselines, *pair, fit) for pair, fit in fits.items() if fit is not None
+    }
 
 
 def _ranked(summaries: list[GroupSummary], rank_by: str) -> list[GroupSummary]:

@@ -4,9 +4,10 @@ baseline fits and the pairwise ER differences."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from curate.core.errors import UserInputError
+from curate.eval.baselines import LineSpread
 from curate.eval.collect import RunResult
 from curate.eval.effective_robustness import LinearFit
 from curate.eval.er_uncertainty import (
@@ -17,6 +18,7 @@ from curate.leaderboard.groups import (
     RANK_BY,
     GroupSummary,
     _baseline_fits,
+    _line_spreads,
     _ranked,
     _summarize_group,
     group_runs,
@@ -31,6 +33,8 @@ class Leaderboard:
     fits: dict[tuple[str, str], LinearFit | None]
     rank_by: str
     differences: tuple[PairDifference, ...] = ()  # every pair of pools of one key, per shift
+    # each fitted line's residual spread and ID range (the extrapolation flags' reference)
+    spreads: dict[tuple[str, str], LineSpread] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]:
@@ -57,11 +61,17 @@ def summarize(
     baselines = [run for run in runs if run.baseline]
     groups = group_runs(runs)
     fits = _baseline_fits(groups, baselines)
+    spreads = _line_spreads(fits, baselines)
     summaries = _ranked(
-        [_summarize_group(group, baselines, fits, n_boot, confidence, seed) for group in groups],
+        [
+            _summarize_group(group, baselines, fits, spreads, n_boot, confidence, seed)
+            for group in groups
+        ],
         rank_by,
     )
     differences = pairwise_differences(
         summaries, baselines, n_boot=n_boot, confidence=confidence, seed=seed
     )
-    return Leaderboard(tuple(summaries), tuple(baselines), fits, rank_by, tuple(differences))
+    return Leaderboard(
+        tuple(summaries), tuple(baselines), fits, rank_by, tuple(differences), spreads
+    )

@@ -6,6 +6,10 @@ For every pair of pools under one key and every shift, this computes ER(A) − E
 paired bootstrap over test images (refitting the baseline line) plus both seed spreads
 (:func:`curate.eval.er_uncertainty.er_difference`), and whether the interval excludes 0. A is the
 better-ranked pool of the pair, so a positive difference is "the ranking holds".
+
+The verdict ("significant" / "not significant") needs two or more seeds of both pools; with
+one seed the interval covers test images only and the verdict is "untested (1 seed)": two
+single training runs differ by training noise that no test-image bootstrap sees.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ from itertools import combinations
 from typing import Any
 
 from curate.eval.collect import RunResult
-from curate.eval.er_uncertainty import er_difference
+from curate.eval.er_uncertainty import (
+    MIN_SEEDS_FOR_VERDICT,
+    difference_verdict,
+    er_difference,
+    interval_covers,
+)
 from curate.leaderboard.groups import GroupSummary
 
 
@@ -31,22 +40,34 @@ class PairDifference:
     low: float | None
     high: float | None
     method: str
-    significant: bool
-    # both pools ran several seeds, so the interval also covers training-seed noise; with one
-    # seed it covers only test-image noise and a "significant" verdict is provisional
-    seed_noise_included: bool
+    excludes_zero: bool  # the interval's, whatever it covers
+    n_seeds_a: int
+    n_seeds_b: int
+
+    @property
+    def tested(self) -> bool:
+        """Both pools ran enough seeds for the interval to hold training-seed noise."""
+        return min(self.n_seeds_a, self.n_seeds_b) >= MIN_SEEDS_FOR_VERDICT
+
+    @property
+    def significant(self) -> bool | None:
+        """The verdict as a boolean: None when untested."""
+        return self.excludes_zero if self.tested else None
 
     @property
     def verdict(self) -> str:
-        verdict = "significant" if self.significant else "not significant"
-        return verdict if self.seed_noise_included else f"{verdict} (1 seed: test images only)"
+        return difference_verdict(self.excludes_zero, min(self.n_seeds_a, self.n_seeds_b))
+
+    @property
+    def covers(self) -> str:
+        """What the interval's width accounts for: test images only, or test images + seeds."""
+        return interval_covers(self.method, self.n_seeds_a, self.n_seeds_b)
 
     def describe(self) -> str:
         interval = "" if self.low is None else f" [{100 * self.low:+.1f}, {100 * self.high:+.1f}]"
-        verdict = self.verdict
         return (
             f"{self.pool_a} − {self.pool_b} on {self.shift_task}: "
-            f"{100 * self.difference:+.1f}{interval} points, {verdict}"
+            f"{100 * self.difference:+.1f}{interval} points ({self.covers}), {self.verdict}"
         )
 
 
@@ -83,8 +104,9 @@ def pairwise_differences(
                         low=result.interval.low,
                         high=result.interval.high,
                         method=result.interval.method,
-                        significant=bool(result.significant),
-                        seed_noise_included=min(len(better.group.runs), len(worse.group.runs)) > 1,
+                        excludes_zero=result.interval.excludes_zero,
+                        n_seeds_a=len(better.group.runs),
+                        n_seeds_b=len(worse.group.runs),
                     )
                 )
     return pairs
@@ -101,7 +123,8 @@ def differences_table(differences: Sequence[PairDifference]) -> Any:
         "comparability_key": pl.String, "id_task": pl.String, "shift_task": pl.String,
         "pool_a": pl.String, "pool_b": pl.String, "er_difference": pl.Float64,
         "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_method": pl.String,
-        "significant": pl.Boolean, "seed_noise_included": pl.Boolean,
+        "covers": pl.String, "excludes_zero": pl.Boolean, "n_seeds_a": pl.Int64,
+        "n_seeds_b": pl.Int64, "verdict": pl.String, "significant": pl.Boolean,
     }  # fmt: skip
     rows = [
         {
@@ -114,8 +137,12 @@ def differences_table(differences: Sequence[PairDifference]) -> Any:
             "ci_low": d.low,
             "ci_high": d.high,
             "ci_method": d.method,
-            "significant": d.significant,
-            "seed_noise_included": d.seed_noise_included,
+            "covers": d.covers,
+            "excludes_zero": d.excludes_zero,
+            "n_seeds_a": d.n_seeds_a,
+            "n_seeds_b": d.n_seeds_b,
+            "verdict": d.verdict,
+            "significant": d.significant,  # null when untested
         }
         for d in differences
     ]

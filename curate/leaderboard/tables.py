@@ -110,6 +110,7 @@ def shift_er_table(leaderboard: Leaderboard) -> Any:
                     "multi_fit_n": multi and multi.fit.n_points,
                     "multi_fit_rank": multi and multi.fit.rank,
                     "problem": shift.problem,
+                    "extrapolated": shift.extrapolated,
                 }
             )
     return pl.DataFrame(rows, schema=_schema(_SHIFT_SCHEMA), strict=False)
@@ -135,6 +136,7 @@ def leaderboard_table(leaderboard: Leaderboard) -> Any:
             "average_er": summary.average_er,
             "id_acc": summary.id_accuracy,
             "average_acc": summary.average_accuracy,
+            "extrapolated": summary.extrapolated,
         }
         for task, (mean, std) in summary.accuracy.items():
             row[f"{slug(task)}_acc"] = mean
@@ -164,8 +166,13 @@ def baseline_fits_table(leaderboard: Leaderboard) -> Any:
             "r2": fit and fit.r_squared,
             "n_points": fit.n_points if fit else 0,
             "source": fit.source if fit else None,
+            "residual_std_logit": spread and spread.residual_std_logit,
+            "residual_std_acc": spread and spread.residual_std_accuracy,
+            "id_min": spread and spread.id_min,
+            "id_max": spread and spread.id_max,
         }
         for (id_task, shift_task), fit in sorted(leaderboard.fits.items())
+        for spread in [leaderboard.spreads.get((id_task, shift_task))]
     ]
     return pl.DataFrame(rows, schema=_schema(_FITS_SCHEMA), strict=False)
 
@@ -237,20 +244,21 @@ _SHIFT_SCHEMA = {
     "fit_intercept": "float", "fit_r2": "float", "fit_n": "int", "multi_id_tasks": "strs",
     "multi_id_er": "float", "multi_id_er_std": "float", "multi_fit_coefficients": "floats",
     "multi_fit_intercept": "float", "multi_fit_r2": "float", "multi_fit_n": "int",
-    "multi_fit_rank": "int", "problem": "str",
+    "multi_fit_rank": "int", "problem": "str", "extrapolated": "bool",
 }  # fmt: skip
 
 
 _LEADERBOARD_SCHEMA = {
     "comparability_key": "str", "rank": "int", "pool": "str", "recipe": "str", "scale": "str",
     "samples_seen": "int", "seeds": "ints", "n_seeds": "int", "run_ids": "strs",
-    "average_er": "float", "id_acc": "float", "average_acc": "float",
+    "average_er": "float", "id_acc": "float", "average_acc": "float", "extrapolated": "bool",
 }  # fmt: skip
 
 
 _FITS_SCHEMA = {
     "id_task": "str", "shift_task": "str", "slope": "float", "intercept": "float",
-    "r2": "float", "n_points": "int", "source": "str",
+    "r2": "float", "n_points": "int", "source": "str", "residual_std_logit": "float",
+    "residual_std_acc": "float", "id_min": "float", "id_max": "float",
 }  # fmt: skip
 
 

@@ -47,6 +47,7 @@ class ShiftCell:
     er: ErCell | None
     multi_id_er: tuple[float, float | None] | None
     problem: str | None
+    extrapolated: bool | None = None  # ID accuracy outside the baselines' ID range
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class LeaderboardRow:
     accuracy: Mapping[str, tuple[float, float | None]]
     shifts: Mapping[tuple[str, str], ShiftCell]
     average_er: float | None
+    extrapolated: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ class BaselineRow:
     samples_seen: int | None
     seed: int | None
     accuracy: Mapping[str, float | None]
+    model: str = ""  # architecture, and "no augmentation" when it trained without
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,10 @@ class FitRow:
     intercept: float | None
     r_squared: float | None
     n_points: int
+    # the baseline models' scatter around the line (n - 2 dof): logit units, accuracy fraction
+    residual_std_logit: float | None = None
+    residual_std_accuracy: float | None = None
+    id_range: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,12 @@ def scale_settings(run: RunResult) -> dict[str, Any]:
     """The scale a run was trained with: run.json's ``config`` (or the record's run.config)."""
     inner = run.config.get("config")
     return dict(inner) if isinstance(inner, Mapping) else dict(run.config)
+
+
+def _model(run: RunResult) -> str:
+    settings = scale_settings(run)
+    arch = str(settings.get("arch") or "?")
+    return arch if settings.get("augment", True) else f"{arch}, no augmentation"
 
 
 def describe_code_version(version: Any) -> str:
@@ -167,6 +180,7 @@ def _row(summary: GroupSummary, subsets: Mapping[str, tuple[str, str, int]]) -> 
             er=_er_cell(shift),
             multi_id_er=None if multi is None else (multi.mean, multi.std),
             problem=shift.problem,
+            extrapolated=shift.extrapolated,
         )
     return LeaderboardRow(
         rank=summary.rank,
@@ -181,6 +195,7 @@ def _row(summary: GroupSummary, subsets: Mapping[str, tuple[str, str, int]]) -> 
         accuracy=dict(summary.accuracy),
         shifts=shifts,
         average_er=summary.average_er,
+        extrapolated=summary.extrapolated,
     )
 
 
@@ -257,6 +272,7 @@ def results_view(
                 samples_seen=run.samples_seen,
                 seed=run.seed,
                 accuracy={task: run.accuracy(task) for task in baseline_tasks},
+                model=_model(run),
             )
             for run in baselines
         ),
@@ -269,8 +285,12 @@ def results_view(
                 intercept=fit and fit.intercept,
                 r_squared=fit and fit.r_squared,
                 n_points=fit.n_points if fit else 0,
+                residual_std_logit=spread and spread.residual_std_logit,
+                residual_std_accuracy=spread and spread.residual_std_accuracy,
+                id_range=spread and (spread.id_min, spread.id_max),
             )
             for (id_task, shift_task), fit in sorted(board.fits.items())
+            for spread in [board.spreads.get((id_task, shift_task))]
         ),
         rank_by=rank_by,
         n_boot=n_boot,

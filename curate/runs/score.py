@@ -64,12 +64,14 @@ def comparability_key(scale: Scale, task_ids: Sequence[str]) -> str:
             "schedule": scale.schedule,
             "precision": scale.precision,
             "tasks": sorted(task_ids),
+            # augmentation off is another recipe; on (the default) leaves older keys as they were
+            **({} if scale.augment else {"augment": False}),
         }
     )
 
 
 def make_run_id(scale_name: str, scale: Scale, seed: int) -> str:
-    digest = canonical_sha256({"scale": scale.model_dump(), "seed": seed})[:8]
+    digest = canonical_sha256({"scale": scale.identity(), "seed": seed})[:8]
     return f"{scale_name}-{scale.samples_seen}-seed{seed}-{digest}"
 
 

@@ -45,7 +45,8 @@ def save_model_checkpoint(
         directory / OPEN_CLIP_CONFIG,
         {"model_cfg": open_clip.get_model_config(arch), "preprocess_cfg": preprocess_cfg},
     )
-    image_size = preprocess_cfg.get("size", [None])[0]
+    size = preprocess_cfg.get("size")  # a pair for a ViT tower, one int for a ModifiedResNet
+    image_size = size[0] if isinstance(size, list) else size
     write_json(
         directory / CHECKPOINT_CONFIG,
         {

@@ -155,7 +155,11 @@ def create_model(scale: Scale, device: torch.device) -> tuple[torch.nn.Module, A
     logging.getLogger().addFilter(not_random_init)
     try:
         model, preprocess_train, _ = open_clip.create_model_and_transforms(
-            scale.arch, device=device, output_dict=True
+            scale.arch,
+            device=device,
+            output_dict=True,
+            # no augmentation: the crop is the whole image (area 1 admits only aspect 1)
+            aug_cfg=None if scale.augment else {"scale": (1.0, 1.0)},
         )
     finally:
         logging.getLogger().removeFilter(not_random_init)
@@ -191,7 +195,7 @@ def train_clip(
     autocast = get_autocast(scale.precision, device_type=dist.device.type)
 
     fingerprint = {
-        "scale": scale.model_dump(),
+        "scale": scale.identity(),
         "seed": seed,
         "pool_id": training_set.identity["pool_id"],
     }

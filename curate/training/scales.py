@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,6 +41,7 @@ class Scale(BaseModel):
     checkpoint_every: int = Field(default=100, gt=0)
     local_loss: bool = False
     gather_with_grad: bool = False
+    augment: bool = True  # open_clip's random resized crop; false: every image whole, as is
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> Scale:
@@ -55,6 +56,14 @@ class Scale(BaseModel):
     def steps(self) -> int:
         """Optimizer steps: samples_seen rounded up to whole global batches."""
         return math.ceil(self.samples_seen / self.batch_size)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that name a run (run id, resume check): ``augment`` only when off, so
+        that runs from before the field existed keep their ids."""
+        settings = self.model_dump()
+        if settings["augment"]:
+            del settings["augment"]
+        return settings
 
     def with_samples_seen(self, samples_seen: int) -> Scale:
         """The same recipe at another budget (the baseline line); warmup keeps its fraction."""
