@@ -47,8 +47,8 @@ def demo_command(
 
     Builds a noisy web-style pool from the shipped CIFAR-10 / CINIC-10 / MNIST subset, trains a
     filter network on a trusted slice, embeds the pool, builds candidate pools from the demo
-    recipes (no filter, CLIP-score top half, near-dup + CLIP score, and one that keeps the
-    more diverse ImageNet-origin source), trains a CLIP on each at one fixed budget, fits the
+    recipes (no filter; near-dup + CLIP score; the same plus the more diverse
+    ImageNet-origin source), trains a CLIP on each at one fixed budget, fits the
     baseline line from varied standard models trained on CIFAR-10 only (ViTs at patch 4 and 8
     and a small ResNet, with and without augmentation, at several budgets; kept in
     --baseline-cache), and prints the leaderboard with each pairwise ER difference, what its

@@ -127,7 +127,7 @@ PROFILES: dict[str, DemoProfile] = {
         baseline_models=(
             BaselineModel((15_360, 61_440), augment=False),
             BaselineModel((15_360, 30_720, 61_440), arch=P8),
-            BaselineModel((30_720, 61_440), arch=RESNET),
+            BaselineModel((15_360, 61_440), arch=RESNET),
         ),
         seeds=(0, 1, 2),
         recipes=("demo_neardup_clip", "demo_diverse_source"),
