@@ -191,3 +191,13 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> None:
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
     with np.load(path) as stored:
         return {name: stored[name] for name in stored.files}
+
+
+def load_pair_parts(paths: Sequence[Path]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The directed (queries, found, similarity) blocks that search tasks wrote, in task
+    order, for :meth:`curate.dedup.knn.Pairs.from_directed`."""
+    parts = []
+    for path in paths:
+        found = load_arrays(path)
+        parts.append((found["queries"], found["found"], found["similarity"]))
+    return parts

@@ -39,6 +39,7 @@ from curate.dedup.blocks import (
     Survivors,
     blocks,
     load_arrays,
+    load_pair_parts,
     run_parts,
     save_arrays,
     task_bounds,
@@ -124,11 +125,7 @@ def ivf_pairs(
     run_parts(
         executor, search_list_group, search_tasks, gpus=gpus, desc="IVF search", progress=progress
     )
-    parts = []
-    for task in search_tasks:
-        found = load_arrays(task.out)
-        parts.append((found["queries"], found["found"], found["similarity"]))
-    return Pairs.from_directed(parts)
+    return Pairs.from_directed(load_pair_parts([task.out for task in search_tasks]))
 
 
 def list_groups(list_sizes: np.ndarray, group_rows: int) -> np.ndarray:
@@ -253,11 +250,7 @@ def exact_pairs_blocked(
         for i, (start, stop) in enumerate(task_bounds(len(survivors), task_rows))
     ]
     run_parts(executor, exact_part, tasks, desc="exact search (sample)", progress=progress)
-    parts = []
-    for task in tasks:
-        found = load_arrays(task.out)
-        parts.append((found["queries"], found["found"], found["similarity"]))
-    return Pairs.from_directed(parts)
+    return Pairs.from_directed(load_pair_parts([task.out for task in tasks]))
 
 
 @dataclass(frozen=True)

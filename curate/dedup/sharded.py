@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from curate.dedup.blocks import NpyFile, Survivors, load_arrays, run_parts, save_arrays
+from curate.dedup.blocks import (
+    NpyFile,
+    Survivors,
+    load_pair_parts,
+    run_parts,
+    save_arrays,
+)
 from curate.dedup.knn import QUERY_BATCH, Pairs, configure_threads, flat_range
 
 SHARD_ROWS = 262_144  # 512 MB of float32 index at 512-d
@@ -106,11 +112,7 @@ def sharded_pairs_on_executor(
     run_parts(
         executor, shard_part, tasks, desc="near-duplicate search (sharded)", progress=progress
     )
-    parts = []
-    for task in tasks:
-        found = load_arrays(task.out)
-        parts.append((found["queries"], found["found"], found["similarity"]))
-    return Pairs.from_directed(parts)
+    return Pairs.from_directed(load_pair_parts([task.out for task in tasks]))
 
 
 @dataclass(frozen=True)
