@@ -13,8 +13,9 @@ is a task per shard on the executor, reading only the columns the stages declare
   partitions by hash);
 - the embedding stages run in this process over the surviving rows (their own tasks go
   to the executor);
-- the kept uids are spilled by prefix per shard, sorted per prefix, and streamed into
-  uids.npy and uids.parquet.
+- the kept uids are gathered from the pool's sorted uid index (:mod:`curate.core.uid_index`,
+  written by ingest of metadata in place), or else spilled by prefix per shard and sorted per
+  prefix, and streamed into uids.npy and uids.parquet.
 
 So the driver holds O(shards) state. Each stage's decisions are stored compactly, one part
 per shard (:mod:`curate.build_pool.decisions`): any removal can still be traced to its
@@ -34,6 +35,7 @@ import json
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +64,7 @@ from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, produced_by
 from curate.core.pool import SHARD_ROWS, Pool, ShardRows, TableShard
 from curate.core.uid import SUBSET_DTYPE, arrow_uid_halves, halves_to_arrow_uids
+from curate.core.uid_index import UidIndex, kept_pairs
 from curate.filters.catalog import get_stage
 from curate.filters.registry import (
     PlanContext,
@@ -82,6 +85,13 @@ PARTS = "parts"  # a stage's decisions, one file per shard, inside its resume di
 ROW = "row"
 KEPT_BUCKET_ROWS = 4 << 20  # kept uids a sorting task holds at most (16 bytes each)
 UIDS_ROW_GROUP = 1024 * 1024  # pyarrow.parquet.write_table's row group size
+# sorted uids share prefixes: delta strings write faster, are smaller and read ~5x faster
+# than zstd over plain strings (3.8M uids: 0.37 s, 54 MB, read 0.11 s vs 0.47 s, 57 MB, 0.59 s)
+UIDS_WRITE_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "use_dictionary": False,
+    "column_encoding": {"uid": "DELTA_BYTE_ARRAY"},
+}
 
 
 @dataclass(frozen=True)
@@ -209,10 +219,14 @@ def build_pool(
             pool_count,
             tuple(StageEntry(s.index, s.stage, s.score_column) for s in stage_stats),
         )
-        assemble(layout.decisions, [(s.index, plan.parts(s)) for s in stages], info)
         write_parquet(layout.stages, _stages_table(stage_stats))
         removed = [plan.parts(stage) for stage in stages]
-        _write_kept_uids(plan, removed, kept, staging)
+        with ThreadPoolExecutor(1) as background:  # two writers of separate files, one core each
+            decisions = background.submit(
+                assemble, layout.decisions, [(s.index, plan.parts(s)) for s in stages], info
+            )
+            _write_kept_uids(plan, removed, kept, staging)
+            decisions.result()
         write_text(layout.recipe, recipe.text)
         report = None
         if NOISE_COLUMN in available:
@@ -582,25 +596,72 @@ def _sort_bucket(task: _SortTask) -> int:
     return len(pairs)
 
 
+@dataclass(frozen=True)
+class _MarkTask:
+    rows: ShardRows  # the shard minus every stage's removals
+    kept_file: Path  # a bool per pool row
+
+
+@dataclass(frozen=True)
+class _GatherTask:
+    index: UidIndex
+    bucket: int
+    kept_file: Path
+    directory: Path
+
+
+def _mark_kept(task: _MarkTask) -> int:
+    """Map: the shard's kept rows, written into their range of the pool-wide keep file."""
+    mask = task.rows.mask()
+    shard = task.rows.shard
+    kept = np.load(task.kept_file, mmap_mode="r+")
+    kept[shard.first_row : shard.first_row + shard.rows] = True if mask is None else mask.to_numpy()
+    kept.flush()
+    del kept
+    return shard.rows if mask is None else int(mask.sum())
+
+
+def _gather_bucket(task: _GatherTask) -> int:
+    """Reduce: one bucket of the pool's sorted uid index, only its kept rows."""
+    kept = np.load(task.kept_file, mmap_mode="r")
+    pairs = kept_pairs(task.index, task.bucket, kept)
+    np.save(task.directory / f"sorted-{task.bucket:05d}.npy", pairs)
+    return len(pairs)
+
+
 def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging: Path) -> None:
-    """uids.npy and uids.parquet of the kept samples, sorted, through map -> reduce tasks
-    (spill by prefix, sort each prefix), then streamed into the two files in order."""
+    """uids.npy and uids.parquet of the kept samples, sorted: from the pool's uid index when
+    it has one (mark the kept rows, gather them bucket by bucket: no uid decoded, none
+    sorted), else through map -> reduce tasks (spill by prefix, sort each prefix); then
+    streamed into the two files in order."""
     directory = staging / KEPT_DIR
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir()
-    bits = (max(1, -(-kept // KEPT_BUCKET_ROWS)) - 1).bit_length()  # 2**bits buckets
-    tasks = [_KeptTask(rows, bits, directory) for rows in _shard_rows(plan, removed)]
-    spilled = sum(plan.executor.map(_spill_kept, tasks, threads_ok=True))
-    sorts = [_SortTask(bucket, directory) for bucket in range(1 << bits)]
-    counts = list(plan.executor.map(_sort_bucket, sorts, threads_ok=True))
+    shard_rows = _shard_rows(plan, removed)
+    index = UidIndex.open(plan.pool.root, sum(shard.rows for shard in plan.shards))
+    if index is not None:
+        kept_file = directory / "kept.npy"
+        np.lib.format.open_memmap(kept_file, mode="w+", dtype=np.bool_, shape=(index.rows,))
+        marks = [_MarkTask(rows, kept_file) for rows in shard_rows]
+        spilled = sum(plan.executor.map(_mark_kept, marks, threads_ok=True))
+        buckets = index.buckets
+        gathers = [_GatherTask(index, b, kept_file, directory) for b in range(buckets)]
+        counts = list(plan.executor.map(_gather_bucket, gathers, threads_ok=True))
+    else:
+        bits = (max(1, -(-kept // KEPT_BUCKET_ROWS)) - 1).bit_length()  # 2**bits buckets
+        tasks = [_KeptTask(rows, bits, directory) for rows in shard_rows]
+        spilled = sum(plan.executor.map(_spill_kept, tasks, threads_ok=True))
+        buckets = 1 << bits
+        sorts = [_SortTask(bucket, directory) for bucket in range(buckets)]
+        counts = list(plan.executor.map(_sort_bucket, sorts, threads_ok=True))
     if spilled != kept or sum(counts) != kept:
         raise RuntimeError(f"kept {kept} samples but wrote {spilled} uids ({sum(counts)} sorted)")
     layout = SubsetLayout(staging)
     with atomic_path(layout.uids_npy) as tmp:
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=SUBSET_DTYPE, shape=(kept,))
         start = 0
-        for bucket in range(1 << bits):
+        for bucket in range(buckets):
             pairs = np.load(directory / f"sorted-{bucket:05d}.npy")
             array[start : start + len(pairs)] = pairs
             start += len(pairs)
@@ -609,9 +670,9 @@ def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging:
     schema = pa.schema([("uid", pa.large_string())])
     with (
         atomic_path(layout.uids_parquet) as tmp,
-        pq.ParquetWriter(tmp, schema, compression="zstd") as writer,
+        pq.ParquetWriter(tmp, schema, **UIDS_WRITE_OPTIONS) as writer,
     ):
-        for group in _row_groups(_sorted_uids(directory, 1 << bits), UIDS_ROW_GROUP):
+        for group in _row_groups(_sorted_uids(directory, buckets), UIDS_ROW_GROUP):
             writer.write_table(pa.table({"uid": group}, schema=schema))
         if kept == 0:
             writer.write_table(schema.empty_table())

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from numpy.lib import format as npy_format
 
 from curate.core.pool_writer import IngestError, PartEmbeddings
+from curate.core.uid_index import INDEX_DIR, UidIndex, bucket_bits, bucket_of, sorted_bucket
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
 
 if TYPE_CHECKING:
@@ -159,15 +160,14 @@ def _parts(
 
 # -- metadata used in place ------------------------------------------------------------------
 
-UID_BUCKET_ROWS = 4 << 20  # uids a uniqueness task holds at most (16 bytes each)
-
 
 @dataclass(frozen=True)
 class _UidTask:
-    """Check one file's uids; spill their halves into buckets by prefix."""
+    """Check one file's uids; spill them and their pool rows into buckets by prefix."""
 
     file: Path
     file_index: int
+    first_row: int
     bucket_bits: int
     spill_dir: Path
 
@@ -176,12 +176,13 @@ class _UidTask:
 class _BucketTask:
     bucket: int
     spill_dir: Path
-    files: tuple[Path, ...]
+    index: UidIndex
+    files: tuple[tuple[Path, int], ...]  # each file and its first pool row
 
 
 def _check_uids(task: _UidTask) -> int:
     """Map: every uid of ``task.file`` is 32 lowercase hex characters (else a one-line error
-    naming the file and row); its halves go to ``2**bucket_bits`` spill files by prefix."""
+    naming the file and row); its halves and pool rows go to spill files by bucket."""
     from curate.core.uid import arrow_uid_halves
 
     uids = pq.read_table(task.file, columns=["uid"], use_threads=False).column("uid")
@@ -194,50 +195,45 @@ def _check_uids(task: _UidTask) -> int:
             f"{task.file} row {first_bad}: invalid uid {uids[first_bad].as_py()!r} (expected 32 "
             "lowercase hex characters); fix the file, or ingest with --copy, which skips such rows"
         )
-    shift = np.uint64(64 - task.bucket_bits)
-    buckets = halves[:, 0] >> shift if task.bucket_bits else None
+    rows = np.arange(task.first_row, task.first_row + len(halves), dtype=np.int64)
+    buckets = bucket_of(halves, task.bucket_bits)
     for bucket in range(1 << task.bucket_bits):
-        part = halves if buckets is None else halves[buckets == bucket]
-        target = task.spill_dir / f"{bucket:05d}" / f"{task.file_index:06d}.npy"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        np.save(target, part)
+        chosen = slice(None) if buckets is None else buckets == bucket
+        folder = task.spill_dir / f"{bucket:05d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / f"{task.file_index:06d}.npy", halves[chosen])
+        np.save(folder / f"{task.file_index:06d}.rows.npy", rows[chosen])
     return len(halves)
 
 
-def _repeated_uid(task: _BucketTask) -> str | None:
-    """Reduce: the first repeated uid of one bucket, as a message naming its files and rows
-    (hashing the high halves; only the rows whose high half repeats are compared whole)."""
+def _index_bucket(task: _BucketTask) -> str | None:
+    """Reduce: one bucket of the pool's uid index, sorted and saved; or, when a uid repeats,
+    a message naming both files and rows (and nothing saved)."""
     from curate.core.uid import pairs_to_uids
 
     directory = task.spill_dir / f"{task.bucket:05d}"
-    parts = [np.load(path) for path in sorted(directory.glob("*.npy"))]
-    if not parts:
-        return None
-    halves = np.concatenate(parts)
-    high = pl.Series(halves[:, 0])
-    if high.n_unique() == len(high):  # the usual answer, from one hash pass
-        return None
-    candidates = np.flatnonzero(high.is_duplicated().to_numpy())
-    if len(candidates) == 0:
-        return None
-    pairs = pl.DataFrame({"f0": halves[candidates, 0], "f1": halves[candidates, 1]})
-    repeated = pairs.filter(pl.struct("f0", "f1").is_duplicated()).sort("f0", "f1").head(1)
-    if repeated.height == 0:
-        return None
-    f0, f1 = repeated.row(0)
-    uid = pairs_to_uids(np.array([(f0, f1)], dtype="u8,u8"))[0]
-    where = [
-        f"{file} row {row}"
-        for file in task.files
-        for row in pl.read_parquet(file, columns=["uid"])
-        .with_row_index("row")
-        .filter(pl.col("uid") == uid)["row"]
-        .to_list()
-    ]
-    return (
-        f"{where[1]}: uid {uid} repeats {where[0]}; uids must be unique across the folder "
-        "(or ingest with --copy, which keeps the first and skips the others)"
+    names = sorted(p for p in directory.glob("*.npy") if not p.name.endswith(".rows.npy"))
+    halves = np.concatenate([np.zeros((0, 2), np.uint64), *(np.load(p) for p in names)])
+    rows = np.concatenate(
+        [np.zeros(0, np.int64), *(np.load(p.with_suffix(".rows.npy")) for p in names)]
     )
+    pairs, rows, repeated = sorted_bucket(halves, rows)
+    if repeated >= 0:
+        uid = pairs_to_uids(pairs[repeated : repeated + 1])[0]
+        first, again = sorted(int(r) for r in rows[repeated - 1 : repeated + 1])
+        return (
+            f"{_where(task.files, again)}: uid {uid} repeats {_where(task.files, first)}; uids "
+            "must be unique across the folder (or ingest with --copy, which keeps the first "
+            "and skips the others)"
+        )
+    task.index.save_bucket(task.bucket, pairs, rows)
+    return None
+
+
+def _where(files: tuple[tuple[Path, int], ...], row: int) -> str:
+    """``FILE row R`` of a pool row."""
+    file, first_row = next((f, first) for f, first in reversed(files) if first <= row)
+    return f"{file} row {row - first_row}"
 
 
 def _schema_key(schema) -> list[tuple[str, str]]:
@@ -307,7 +303,8 @@ def reference_in_place(
     One streaming pass checks them: one schema for every file, each .npz present with as
     many rows as its parquet, every uid 32 lowercase hex characters and unique across the
     folder. The uids are checked by file on ``executor`` (a task per file spills the uid
-    halves into buckets by prefix; a task per bucket looks for repeats by hashing), so no
+    halves and rows into buckets by prefix; a task per bucket sorts them, which finds any
+    repeat, and keeps them as the pool's :mod:`uid index <curate.core.uid_index>`), so no
     process holds more than a file's or a bucket's uids. Bad input stops with a one-line
     error naming the file, and nothing is written.
 
@@ -342,18 +339,25 @@ def reference_in_place(
             shutil.rmtree(staging)
         spill = staging / "_uids"
         spill.mkdir(parents=True)
-        buckets = (max(1, -(-total // UID_BUCKET_ROWS)) - 1).bit_length()  # 2**buckets
+        index = UidIndex(staging / INDEX_DIR, total, bucket_bits(total))
+        index.directory.mkdir()
+        first_rows = np.cumsum([0, *rows[:-1]]).tolist()
         try:
-            uid_tasks = [_UidTask(f, i, buckets, spill) for i, f in enumerate(files)]
+            uid_tasks = [
+                _UidTask(f, i, first, index.bucket_bits, spill)
+                for i, (f, first) in enumerate(zip(files, first_rows, strict=True))
+            ]
             for file, count, expected in zip(
                 files, executor.map(_check_uids, uid_tasks, threads_ok=True), rows, strict=True
             ):
                 if count != expected:
                     raise IngestError(f"{file}: read {count} uids but its footer says {expected}")
-            bucket_tasks = [_BucketTask(b, spill, tuple(files)) for b in range(1 << buckets)]
-            for problem in executor.map(_repeated_uid, bucket_tasks, threads_ok=True):
+            located = tuple(zip(files, first_rows, strict=True))
+            bucket_tasks = [_BucketTask(b, spill, index, located) for b in range(index.buckets)]
+            for problem in executor.map(_index_bucket, bucket_tasks, threads_ok=True):
                 if problem is not None:
                     raise IngestError(problem)
+            index.write_header()
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
