@@ -63,7 +63,13 @@ from curate.core.executor import Executor, LocalExecutor
 from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, produced_by
 from curate.core.pool import SHARD_ROWS, Pool, ShardRows, TableShard
-from curate.core.uid import SUBSET_DTYPE, arrow_uid_halves, halves_to_arrow_uids
+from curate.core.uid import (
+    SUBSET_DTYPE,
+    arrow_uid_halves,
+    halves_to_arrow_uids,
+    hex_chars,
+    hex_chars_to_arrow,
+)
 from curate.core.uid_index import UidIndex, kept_pairs
 from curate.filters.catalog import get_stage
 from curate.filters.registry import (
@@ -591,9 +597,16 @@ def _sort_bucket(task: _SortTask) -> int:
         raise UserInputError(f"uid {uid} is repeated in the pool, so the kept set is not a set")
     pairs = np.empty(len(f0), dtype=SUBSET_DTYPE)
     pairs["f0"], pairs["f1"] = f0, f1
-    np.save(task.directory / f"sorted-{task.bucket:05d}.npy", pairs)
+    _save_sorted(task.directory, task.bucket, pairs)
     shutil.rmtree(folder, ignore_errors=True)
     return len(pairs)
+
+
+def _save_sorted(directory: Path, bucket: int, pairs: np.ndarray) -> None:
+    """A bucket's kept uids in order, as pairs (for uids.npy) and as characters (for
+    uids.parquet: the hex is made here, in the tasks, not in the driver that writes it)."""
+    np.save(directory / f"sorted-{bucket:05d}.npy", pairs)
+    np.save(directory / f"hex-{bucket:05d}.npy", hex_chars(pairs))
 
 
 @dataclass(frozen=True)
@@ -625,7 +638,7 @@ def _gather_bucket(task: _GatherTask) -> int:
     """Reduce: one bucket of the pool's sorted uid index, only its kept rows."""
     kept = np.load(task.kept_file, mmap_mode="r")
     pairs = kept_pairs(task.index, task.bucket, kept)
-    np.save(task.directory / f"sorted-{task.bucket:05d}.npy", pairs)
+    _save_sorted(task.directory, task.bucket, pairs)
     return len(pairs)
 
 
@@ -681,9 +694,9 @@ def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging:
 
 def _sorted_uids(directory: Path, buckets: int) -> Iterator[pa.Array]:
     for bucket in range(buckets):
-        pairs = np.load(directory / f"sorted-{bucket:05d}.npy")
-        if len(pairs):
-            yield halves_to_arrow_uids(pairs)
+        chars = np.load(directory / f"hex-{bucket:05d}.npy")
+        if len(chars):
+            yield hex_chars_to_arrow(chars)
 
 
 def _row_groups(arrays: Iterator[pa.Array], size: int) -> Iterator[pa.ChunkedArray]:

@@ -231,9 +231,13 @@ _HEX_PAIRS = np.frombuffer(
 def halves_to_arrow_uids(halves: np.ndarray) -> object:
     """``(n, 2)`` uint64 halves (or a ``u8,u8`` array) -> an Arrow ``large_string`` array of
     32-character lowercase hex uids, built with numpy (the inverse of
-    :func:`arrow_uid_halves`): one table lookup per byte."""
-    import pyarrow as pa
+    :func:`arrow_uid_halves`)."""
+    return hex_chars_to_arrow(hex_chars(halves))
 
+
+def hex_chars(halves: np.ndarray) -> np.ndarray:
+    """``(n, 2)`` uint64 halves (or a ``u8,u8`` array) -> their uids' characters, ``(n, 32)``
+    uint8: one table lookup per byte."""
     if halves.dtype == SUBSET_DTYPE:
         halves = np.ascontiguousarray(halves).view(np.uint64).reshape(-1, 2)
     count = len(halves)
@@ -243,7 +247,15 @@ def halves_to_arrow_uids(halves: np.ndarray) -> object:
         chars[start : start + _CHUNK_ROWS] = _HEX_PAIRS[
             block.view(np.uint8).reshape(len(block), -1)
         ]
+    return chars.view(np.uint8)
+
+
+def hex_chars_to_arrow(chars: np.ndarray) -> object:
+    """``(n, 32)`` uint8 uid characters -> an Arrow ``large_string`` array (no copy)."""
+    import pyarrow as pa
+
+    count = len(chars)
     offsets = np.arange(count + 1, dtype=np.int64) * UID_HEX_CHARS
     return pa.LargeStringArray.from_buffers(
-        count, pa.py_buffer(offsets), pa.py_buffer(chars.view(np.uint8))
+        count, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(chars))
     )
