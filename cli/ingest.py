@@ -84,7 +84,8 @@ def ingest_command(
     the other formats are read in this process.
     DataComp metadata is used in place: one streaming pass checks the schema, the .npz
     row counts and that every uid is valid and unique, then OUT lists the files (nothing
-    is copied; --copy copies them and skips bad rows instead).
+    is copied; --copy copies them and skips bad rows instead). The embedding stages read
+    the .npz members where they are (stored uncompressed, as DataComp ships them).
 
     Example: curate ingest downloads/ --out pools/web --executor ray
     """

@@ -1,6 +1,7 @@
 """What the dedup and image-based stages read beside their rows: their rows' vectors as
-blocks of the float16 file, CLIP scores, a cache key and work directory for their slow steps,
-and per-row reasons that name the sample a removed row duplicates."""
+blocks of the float16 file (or of the ``.npz`` members a DataComp pool uses in place), CLIP
+scores, a cache key and work directory for their slow steps, and per-row reasons that name
+the sample a removed row duplicates."""
 
 from __future__ import annotations
 
@@ -13,6 +14,12 @@ import polars as pl
 from pydantic import Field
 
 from curate.core.atomic import atomic_path
+from curate.core.embedding_store import (
+    EmbeddingParts,
+    clip_score_rows,
+    embedding_layout,
+    embedding_parts,
+)
 from curate.core.errors import UserInputError
 from curate.dedup.blocks import BLOCK_ROWS, TASK_ROWS, NpyFile, Survivors
 from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
@@ -21,27 +28,34 @@ from curate.dedup.device import faiss_gpu
 from curate.filters.registry import StageContext
 
 
-def image_path(ctx: StageContext) -> Path:
-    """The embedding set's ``image.npy`` (float16, one row per pool sample)."""
-    from curate.core.embedding_store import embedding_layout, load_embeddings
-
-    name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
-    return embedding_layout(ctx.pool_root, name).image
+def set_parts(ctx: StageContext) -> tuple[str, EmbeddingParts, EmbeddingParts | None]:
+    """The embedding set's name and where its image and text rows are: ``image.npy`` and
+    ``text.npy``, or the ``.npz`` members of a pool used in place (looked up once per stage)."""
+    if "embedding_parts" not in ctx._cache:
+        ctx._cache["embedding_parts"] = embedding_parts(ctx.pool_root, ctx.embeddings_name)
+    return ctx._cache["embedding_parts"]
 
 
 def embeddings_identity(ctx: StageContext) -> dict[str, Any]:
-    """Which embedding set, and which version of its file, a result was computed from."""
-    path = image_path(ctx)
-    stat = path.stat()
-    return {"name": path.parent.name, "image_npy": [stat.st_size, stat.st_mtime_ns]}
+    """Which embedding set, and which version of its files, a result was computed from."""
+    name, image, _ = set_parts(ctx)
+    files = [Path(p) for p in dict.fromkeys(str(part.path) for part in image.parts)]
+    stats = [path.stat() for path in files]
+    if not image.normalize:  # the pool's own image.npy
+        return {"name": name, "image_npy": [stats[0].st_size, stats[0].st_mtime_ns]}
+    return {
+        "name": name,
+        "image_npz": [
+            [str(f), s.st_size, s.st_mtime_ns] for f, s in zip(files, stats, strict=True)
+        ],
+    }
 
 
 def survivors(ctx: StageContext) -> Survivors:
-    """The stage's rows as positions in the float16 image file (read in blocks, by tasks)."""
-    image = NpyFile.open(image_path(ctx))
-    if len(image.shape) != 2:
-        raise UserInputError(f"{image.path}: expected a 2-D array, found shape {image.shape}")
-    return Survivors(image, ctx.rows["row"].to_numpy().astype(np.int64, copy=False))
+    """The stage's rows as positions in the float16 image rows (read in blocks, by tasks)."""
+    return Survivors(
+        NpyFile.of(set_parts(ctx)[1]), ctx.rows["row"].to_numpy().astype(np.int64, copy=False)
+    )
 
 
 def rows_file(ctx: StageContext, rows: Survivors) -> Path:
@@ -96,9 +110,9 @@ def clip_scores(ctx: StageContext) -> np.ndarray:
     ``clip_score.parquet`` joined on uid (NaN where a uid has none)."""
     if "clip_score" in ctx.rows.columns:
         return ctx.rows["clip_score"].cast(pl.Float64).to_numpy()
-    from curate.core.embedding_store import embedding_layout, load_embeddings
-
-    name = load_embeddings(ctx.pool_root, ctx.embeddings_name).name
+    name, image, text = set_parts(ctx)
+    if image.normalize and text is not None:  # .npz used in place: no clip_score.parquet
+        return _clip_scores_in_place(ctx, NpyFile.of(image), NpyFile.of(text))
     path = embedding_layout(ctx.pool_root, name).clip_score
     if not path.is_file():
         raise UserInputError(
@@ -108,6 +122,17 @@ def clip_scores(ctx: StageContext) -> np.ndarray:
     scores = pl.read_parquet(path, columns=["uid", "clip_score"])
     joined = ctx.rows.select("uid").join(scores, on="uid", how="left", maintain_order="left")
     return joined["clip_score"].cast(pl.Float64).to_numpy()
+
+
+def _clip_scores_in_place(ctx: StageContext, image: NpyFile, text: NpyFile) -> np.ndarray:
+    """The rows' CLIP scores computed from the ``.npz`` as ``--copy`` computes the
+    clip_score.parquet it writes (same float16 unit vectors, same float32 dot product)."""
+    rows = ctx.rows["row"].to_numpy().astype(np.int64, copy=False)
+    scores = np.empty(len(rows), dtype=np.float32)
+    for start in range(0, len(rows), BLOCK_ROWS):
+        block = rows[start : start + BLOCK_ROWS]
+        scores[start : start + BLOCK_ROWS] = clip_score_rows(image.take(block), text.take(block))
+    return scores.astype(np.float64)
 
 
 def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text: str) -> np.ndarray:

@@ -32,6 +32,7 @@ class SampleFile:
     path: Path
     rows: int
     first_row: int  # the pool row of its first row
+    npz: Path | None = None  # DataComp's embeddings of its rows, used in place (row-aligned)
 
 
 @dataclass(frozen=True)
@@ -203,21 +204,29 @@ def sample_files(root: Path) -> list[SampleFile]:
     files, first = [], 0
     for entry in listing["files"]:
         path = Path(entry["path"])
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            raise InputNotFoundError(
-                f"{path} is missing: the pool {root} uses it in place; restore it, or ingest "
-                "again (with --copy to keep a copy inside the pool)"
-            ) from None
-        if [stat.st_size, stat.st_mtime_ns] != [entry["size"], entry["mtime_ns"]]:
-            raise UserInputError(
-                f"{path} changed since `curate ingest` referenced it into {root} (size or "
-                "mtime differ); ingest it again so that rows and checks stay right"
-            )
-        files.append(SampleFile(path, int(entry["rows"]), first))
+        _check_unchanged(path, entry["size"], entry["mtime_ns"], root)
+        npz = Path(entry["npz"]) if entry.get("npz") else None
+        if npz is not None and "npz_size" in entry:
+            _check_unchanged(npz, entry["npz_size"], entry["npz_mtime_ns"], root)
+        files.append(SampleFile(path, int(entry["rows"]), first, npz))
         first += int(entry["rows"])
     return files
+
+
+def _check_unchanged(path: Path, size: int, mtime_ns: int, root: Path) -> None:
+    """A file a pool uses in place is still there, with the size and mtime ingest saw."""
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        raise InputNotFoundError(
+            f"{path} is missing: the pool {root} uses it in place; restore it, or ingest "
+            "again (with --copy to keep a copy inside the pool)"
+        ) from None
+    if [stat.st_size, stat.st_mtime_ns] != [size, mtime_ns]:
+        raise UserInputError(
+            f"{path} changed since `curate ingest` referenced it into {root} (size or "
+            "mtime differ); ingest it again so that rows and checks stay right"
+        )
 
 
 def table_shards(files: Sequence[SampleFile], max_rows: int = SHARD_ROWS) -> list[TableShard]:

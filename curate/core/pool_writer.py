@@ -35,7 +35,7 @@ from curate.core.atomic import (
     write_json,
     write_parquet,
 )
-from curate.core.embedding_store import write_clip_score
+from curate.core.embedding_store import unit_rows, write_clip_score
 from curate.core.errors import OutputExistsError, UserInputError
 from curate.core.images import BadImageError, ImageInfo, inspect_image
 from curate.core.layout import PoolLayout, sample_key
@@ -511,9 +511,7 @@ class PoolWriter:
         for block in source.chunks(EMBEDDING_CHUNK_ROWS):
             block_keep = keep[start : start + len(block)]
             start += len(block)
-            vectors = np.asarray(block, dtype=np.float32)[block_keep]
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            sink.append(vectors / np.where(norms > 0, norms, 1))
+            sink.append(unit_rows(np.asarray(block)[block_keep]))
 
     def _finish_embeddings(
         self, samples: Path, keep: np.ndarray | None, manifest: Manifest

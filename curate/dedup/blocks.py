@@ -1,9 +1,11 @@
 """The embedding stages' rows as blocks of the pool's float16 file, and their work as tasks.
 
 A stage sees its surviving rows in pool order; their vectors are rows of
-``embeddings/<set>/image.npy``. :class:`NpyFile` reads rows of such a file with explicit
-reads (``pread``), not through a memory map, so a process holds only the blocks it asked for
-(a memory map's pages count in its resident set, up to the whole ``2·N·d`` file).
+``embeddings/<set>/image.npy``, or, for DataComp's files used in place, of the ``.npz``
+members beside them, one part per file in pool order. :class:`NpyFile` reads rows of either
+with explicit reads (``pread``), not through a memory map, so a process holds only the
+blocks it asked for (a memory map's pages count in its resident set, up to the whole
+``2·N·d`` file); rows read in place come out as ``--copy`` would have stored them.
 
 The rows are cut into tasks of ``task_rows`` consecutive positions (:func:`task_bounds`, a
 pure function of the row count); ``task_rows`` is a multiple of :data:`BLOCK_ROWS`, the
@@ -25,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.core.atomic import atomic_path
+from curate.core.embedding_store import ArrayPart, EmbeddingParts, read_npy_header, unit_rows
 
 BLOCK_ROWS = 8192  # rows per FAISS call (curate.dedup.knn.QUERY_BATCH)
 TASK_ROWS = 32 * BLOCK_ROWS  # rows per executor task: 262,144 (805 MB of float32 at 768-d)
@@ -34,78 +37,115 @@ SPAN_ROWS = 8192  # at most this many rows of the file per read request
 
 @dataclass(frozen=True)
 class NpyFile:
-    """A ``.npy`` array (C order) read by row ranges or row lists, never memory-mapped."""
+    """An array (C order) read by row ranges or row lists, never memory-mapped: a ``.npy``
+    file, or several parts concatenated in row order (the ``.npz`` members of a pool used in
+    place: a file, the offset of its data and its rows each, see
+    :class:`curate.core.embedding_store.EmbeddingParts`). With ``normalize`` the rows read are
+    L2-normalised float16, as ``--copy`` would have stored them."""
 
-    path: Path
+    parts: tuple[ArrayPart, ...]
     shape: tuple[int, ...]
-    dtype: str
-    offset: int  # where the data starts
+    stored_dtype: str  # the parts' dtype on disk
+    normalize: bool = False
 
     @classmethod
     def open(cls, path: Path | str) -> NpyFile:
         path = Path(path)
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran_order, dtype = read_header(handle)
+            shape, dtype = read_npy_header(handle, str(path))
             offset = handle.tell()
-        if fortran_order:
-            raise ValueError(f"{path}: Fortran-ordered arrays are not supported")
-        return cls(path, tuple(shape), dtype.str, offset)
+        return cls((ArrayPart(path, offset, shape[0], str(path)),), shape, dtype.str)
+
+    @classmethod
+    def of(cls, source: EmbeddingParts) -> NpyFile:
+        """The rows of an embedding set's image or text array, wherever they are stored."""
+        return cls(source.parts, source.shape, source.stored_dtype, source.normalize)
 
     def __len__(self) -> int:
         return self.shape[0]
 
     @property
+    def dtype(self) -> str:
+        """The dtype of the rows :meth:`range` and :meth:`take` return."""
+        return np.dtype(np.float16).str if self.normalize else self.stored_dtype
+
+    @property
+    def where(self) -> str:
+        """The file (or first part) for messages."""
+        more = len(self.parts) - 1
+        return self.parts[0].where + (f" and {more} more part(s)" if more else "")
+
+    @property
     def row_bytes(self) -> int:
-        return np.dtype(self.dtype).itemsize * math.prod(self.shape[1:])
+        return np.dtype(self.stored_dtype).itemsize * math.prod(self.shape[1:])
 
     def range(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` (clipped to the file), a fresh array of the file's dtype."""
+        """Rows ``start:stop`` (clipped to the array), a fresh array of :attr:`dtype`."""
         start, stop = max(0, start), min(len(self), stop)
-        out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
-        if len(out):
-            with open(self.path, "rb", buffering=0) as handle:
-                self._read_into(handle, start, out)
-        return out
+        raw = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.stored_dtype)
+        edges = self._edges()
+        for index, part in enumerate(self.parts):
+            low, high = max(start, int(edges[index])), min(stop, int(edges[index + 1]))
+            if high > low:
+                with open(part.path, "rb", buffering=0) as handle:
+                    self._read_into(
+                        handle, part, low - int(edges[index]), raw[low - start : high - start]
+                    )
+        return self._values(raw)
 
     def take(self, index: np.ndarray) -> np.ndarray:
         """Rows at ``index`` (any order, repeats allowed), read in ascending runs: wanted rows
-        at most :data:`MERGE_GAP_ROWS` apart share one read of at most :data:`SPAN_ROWS`."""
+        at most :data:`MERGE_GAP_ROWS` apart share one read of at most :data:`SPAN_ROWS`,
+        inside one part."""
         index = np.asarray(index, dtype=np.int64)
-        out = np.empty((len(index), *self.shape[1:]), dtype=self.dtype)
+        raw = np.empty((len(index), *self.shape[1:]), dtype=self.stored_dtype)
         if not len(index):
-            return out
+            return self._values(raw)
         if index.min() < 0 or index.max() >= len(self):
-            raise IndexError(f"{self.path}: row index out of range 0..{len(self) - 1}")
+            raise IndexError(f"{self.where}: row index out of range 0..{len(self) - 1}")
         order = np.argsort(index, kind="stable")
         wanted = index[order]
-        split = (np.diff(wanted) > MERGE_GAP_ROWS) | (
-            np.diff(wanted // SPAN_ROWS) != 0  # a read never crosses a span boundary
+        edges = self._edges()
+        part_of = np.searchsorted(edges, wanted, side="right") - 1
+        split = (
+            (np.diff(wanted) > MERGE_GAP_ROWS)
+            | (np.diff(wanted // SPAN_ROWS) != 0)  # a read never crosses a span boundary
+            | (np.diff(part_of) != 0)  # nor a part's end
         )
         starts = np.r_[0, np.flatnonzero(split) + 1]
         ends = np.r_[starts[1:], len(wanted)]
-        buffer = np.empty((SPAN_ROWS, *self.shape[1:]), dtype=self.dtype)
-        with open(self.path, "rb", buffering=0) as handle:
+        buffer = np.empty((SPAN_ROWS, *self.shape[1:]), dtype=self.stored_dtype)
+        handle, open_part = None, -1
+        try:
             for first, last in zip(starts.tolist(), ends.tolist(), strict=True):
+                part = int(part_of[first])
+                if part != open_part:
+                    if handle is not None:
+                        handle.close()
+                    handle, open_part = open(self.parts[part].path, "rb", buffering=0), part
                 low, high = int(wanted[first]), int(wanted[last - 1]) + 1
                 span = buffer[: high - low]
-                self._read_into(handle, low, span)
-                out[order[first:last]] = span[wanted[first:last] - low]
-        return out
+                self._read_into(handle, self.parts[part], low - int(edges[part]), span)
+                raw[order[first:last]] = span[wanted[first:last] - low]
+        finally:
+            if handle is not None:
+                handle.close()
+        return self._values(raw)
 
-    def _read_into(self, handle: Any, start: int, out: np.ndarray) -> None:
+    def _edges(self) -> np.ndarray:
+        return np.cumsum([0, *(part.rows for part in self.parts)], dtype=np.int64)
+
+    def _values(self, raw: np.ndarray) -> np.ndarray:
+        return unit_rows(raw).astype(np.float16) if self.normalize else raw
+
+    def _read_into(self, handle: Any, part: ArrayPart, start: int, out: np.ndarray) -> None:
         view = memoryview(out.reshape(-1).view(np.uint8))
-        handle.seek(self.offset + start * self.row_bytes)
+        handle.seek(part.offset + start * self.row_bytes)
         done = 0
         while done < len(view):
             count = handle.readinto(view[done:])
             if not count:
-                raise OSError(f"{self.path}: file ends before row {start + len(out)}")
+                raise OSError(f"{part.where}: ends before row {start + len(out)}")
             done += count
 
 

@@ -26,6 +26,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from numpy.lib import format as npy_format
 
+from curate.core.embedding_store import DATACOMP_NPZ_SETS
 from curate.core.pool_writer import IngestError, PartEmbeddings
 from curate.core.uid_index import INDEX_DIR, UidIndex, bucket_bits, bucket_of, sorted_bucket
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
@@ -36,11 +37,6 @@ if TYPE_CHECKING:
 
 REQUIRED_COLUMNS = ("uid", "url", "text")
 RENAMED = {"original_width": "width", "original_height": "height"}
-# set name -> (npz key of image vectors, npz key of text vectors, model identity)
-EMBEDDING_SETS = {
-    "datacomp-b32": ("b32_img", "b32_txt", {"arch": "ViT-B-32", "pretrained": "openai"}),
-    "datacomp-l14": ("l14_img", "l14_txt", {"arch": "ViT-L-14", "pretrained": "openai"}),
-}
 
 
 @dataclass(frozen=True)
@@ -97,7 +93,7 @@ def _part_embeddings(parquet: Path, rows: int) -> dict[str, PartEmbeddings]:
     except zipfile.BadZipFile as error:
         raise IngestError(f"{npz}: not a readable .npz ({error})") from None
     embeddings = {}
-    for name, (image_key, text_key, identity) in EMBEDDING_SETS.items():
+    for name, (image_key, text_key, identity) in DATACOMP_NPZ_SETS.items():
         if image_key not in keys:
             continue
         image = NpzMember.open(npz, image_key)
@@ -112,7 +108,7 @@ def _part_embeddings(parquet: Path, rows: int) -> dict[str, PartEmbeddings]:
         embeddings[name] = PartEmbeddings(image=image, text=text, meta=meta)
     if not embeddings:
         raise IngestError(
-            f"{npz}: has none of {', '.join(k for s in EMBEDDING_SETS.values() for k in s[:2])}"
+            f"{npz}: has none of {', '.join(k for s in DATACOMP_NPZ_SETS.values() for k in s[:2])}"
         )
     return embeddings
 
@@ -366,15 +362,17 @@ def reference_in_place(
         listing = []
         for file, count, embeddings in zip(files, rows, npz, strict=True):
             stat = file.stat()
-            listing.append(
-                {
-                    "path": str(file),
-                    "rows": count,
-                    "size": stat.st_size,
-                    "mtime_ns": stat.st_mtime_ns,
-                    "npz": None if embeddings is None else str(embeddings),
-                }
-            )
+            entry = {
+                "path": str(file),
+                "rows": count,
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "npz": None if embeddings is None else str(embeddings),
+            }
+            if embeddings is not None:
+                npz_stat = embeddings.stat()
+                entry |= {"npz_size": npz_stat.st_size, "npz_mtime_ns": npz_stat.st_mtime_ns}
+            listing.append(entry)
         write_json(layout.sample_files, {"columns": columns, "files": listing})
         report = {"accepted": total, "skipped": 0, "skipped_by_reason": {}, "skip_examples": []}
         write_json(layout.ingest_report, report)

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from duckdb.sqltypes import DuckDBPyType
 
+from curate.core.embedding_store import list_embeddings, load_embeddings
 from curate.core.errors import InputNotFoundError, NotAPoolError, UserInputError
 from curate.core.layout import MANIFEST, PoolLayout, SubsetLayout
 from curate.core.manifest import Manifest, read_manifest
@@ -223,21 +224,25 @@ def _read_json_files(files: list[Path], **options: str) -> pa.Table:
 def _embedding_rows(pool: PoolDir) -> list[dict[str, Any]]:
     rows = []
     layout = PoolLayout(pool.root)
-    if not layout.embeddings_dir.is_dir():
-        return rows
-    for directory in sorted(p for p in layout.embeddings_dir.iterdir() if p.is_dir()):
-        embedding = layout.embeddings(directory.name)
-        if not embedding.meta.is_file():
-            continue
-        meta = json.loads(embedding.meta.read_text("utf-8"))
-        image = np.load(embedding.image, mmap_mode="r") if embedding.image.is_file() else None
+    for name in list_embeddings(pool.root):  # stored sets, and .npz used in place
+        embedding = layout.embeddings(name)
+        if embedding.meta.is_file():
+            meta = json.loads(embedding.meta.read_text("utf-8"))
+            image = np.load(embedding.image, mmap_mode="r") if embedding.image.is_file() else None
+            has_text = embedding.text.is_file()
+        else:
+            try:
+                loaded = load_embeddings(pool.root, name)
+                meta, image, has_text = loaded.meta, loaded.image, loaded.text is not None
+            except UserInputError as error:  # e.g. a compressed .npz: listed, not readable
+                meta, image, has_text = {"unreadable": str(error)}, None, False
         rows.append(
             {
-                "name": directory.name,
+                "name": name,
                 "model": str(meta.get("model") or meta.get("arch") or ""),
                 "dim": None if image is None else int(image.shape[1]),
                 "rows": None if image is None else int(image.shape[0]),
-                "has_text": embedding.text.is_file(),
+                "has_text": has_text,
                 "has_clip_score": embedding.clip_score.is_file(),
                 "meta": json.dumps(meta, sort_keys=True),
             }
