@@ -45,7 +45,13 @@ def search_recipe_command(
     scale: Annotated[
         str, typer.Option(help="Training scale from training/scales.yaml (the fixed budget).")
     ] = "tiny",
-    seeds: Annotated[str, typer.Option(help="Training seeds, comma-separated, e.g. 0,1,2.")] = "0",
+    seeds: Annotated[
+        str,
+        typer.Option(
+            help="Training seeds, comma-separated, e.g. 0,1,2. Whether the best ER beats the "
+            "runner-up needs 2+ seeds; with one the answer says 'untested (1 seed)'."
+        ),
+    ] = "0",
     tasks: Annotated[
         list[str] | None,
         typer.Option("--tasks", help="Task ids or task sets (repeat); default: the 'default' set."),
@@ -65,8 +71,8 @@ def search_recipe_command(
     For each value, builds the recipe with that stage parameter replaced into OUT/<recipe>-
     <param>-<value>, trains and evaluates a CLIP on it at the scale's fixed budget for each
     seed, and ranks the values by effective robustness against the baseline line. Prints the
-    sweep and its answer: the value with the best ER (and whether it beats the runner-up
-    beyond the noise), and the value with the best mean accuracy, which may differ. Every
+    sweep and its answer: the value with the best ER (and, with 2+ seeds, whether it beats the
+    runner-up beyond the noise), and the value with the best mean accuracy, which may differ. Every
     value is checked before any work; rerunning resumes (built pools and trained models are
     reused).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from curate.eval.er_uncertainty import interval_covers
 from curate.leaderboard.groups import GroupSummary
 from curate.recipe_search import SearchResult, points_label, value_label
 
@@ -18,7 +19,9 @@ def sweep_table(result: SearchResult) -> Any:
     table = Table(
         title=f"{result.param} of stage {result.stage_index} ({result.stage}) at scale "
         f"{result.scale}, seeds {list(result.seeds)}; ranked by ER",
-        caption="accuracy % (mean ± std over seeds); ER in points [95% interval]",
+        caption="accuracy % (mean ± std over seeds); ER in points [95% interval"
+        + _interval_covers(result)
+        + "]",
     )
     for column in ("#", result.param, "kept"):
         table.add_column(column, justify="left" if column == result.param else "right")
@@ -59,3 +62,11 @@ def _accuracy(summary: GroupSummary, task: str) -> str:
     if mean is None:
         return "-"
     return points_label(mean, signed=False) + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _interval_covers(result: SearchResult) -> str:
+    """The caption's ", covering <what>" for the ER intervals: test images only with one seed,
+    + seeds with more ("" when no point has an ER)."""
+    ers = [shift.er for row in result.rows for shift in row.summary.shifts if shift.er]
+    texts = dict.fromkeys(interval_covers(er.interval.method, er.n_seeds, er.n_seeds) for er in ers)
+    return f", covering {'; '.join(texts)}" if texts else ""

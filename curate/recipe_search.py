@@ -6,7 +6,9 @@ stage's parameter model, for every value, before any work), built into a candida
 machinery against the baseline runs of the given folders. The answer is the point with the
 best effective robustness and the point with the best mean accuracy (they may differ), and
 whether the best ER beats the runner-up by more than the noise: a paired bootstrap over the
-test images plus the seed spread (:func:`curate.eval.er_uncertainty.er_difference`).
+test images plus the seed spread (:func:`curate.eval.er_uncertainty.er_difference`). That
+verdict needs two or more seeds per point; with one seed the interval covers test images only,
+and the answer says "untested (1 seed)" however far apart the two points are.
 
 Everything resumes: a finished candidate pool is reused when it was built from the same
 variant of the same pool, and ``score`` skips finished training and evaluated tasks. The
@@ -34,7 +36,9 @@ from curate.eval.collect import RunResult, collect_runs, load_run
 from curate.eval.er_uncertainty import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_CONFIDENCE,
+    MIN_SEEDS_FOR_VERDICT,
     ErDifference,
+    difference_verdict,
     er_difference,
 )
 from curate.leaderboard.groups import GroupSummary, group_runs, require_comparable
@@ -89,11 +93,38 @@ class SearchResult:
     leaderboard: Leaderboard
 
     @property
-    def significant(self) -> bool:
-        """The best ER point beats the runner-up on every shift beyond the intervals."""
-        return bool(self.differences) and all(
-            d.significant and d.difference > 0 for d in self.differences
-        )
+    def min_seeds(self) -> int | None:
+        """The fewest seeds of the two compared points (None: nothing was compared)."""
+        counts = [min(d.n_seeds_a, d.n_seeds_b) for d in self.differences]
+        return min(counts) if counts else None
+
+    @property
+    def verdict(self) -> str | None:
+        """Does the best ER point beat the runner-up beyond the noise, on every shift?
+
+        "significant" needs :data:`MIN_SEEDS_FOR_VERDICT` seeds of both points and every
+        shift's difference positive with an interval that excludes 0; with fewer seeds the
+        intervals hold test-image noise only and the verdict is "untested (1 seed)". None when
+        there is no runner-up or no shift both points have an ER on.
+        """
+        if self.min_seeds is None:
+            return None
+        beats = all(d.interval.excludes_zero and d.difference > 0 for d in self.differences)
+        return difference_verdict(beats, self.min_seeds)
+
+    @property
+    def significant(self) -> bool | None:
+        """The verdict as a boolean: None when untested or nothing was compared."""
+        if self.min_seeds is None or self.min_seeds < MIN_SEEDS_FOR_VERDICT:
+            return None
+        return self.verdict == "significant"
+
+    @property
+    def covers(self) -> str | None:
+        """What the differences' intervals account for ("test images only", "test images +
+        seeds"); one text per distinct answer when the shifts differ."""
+        texts = dict.fromkeys(d.covers for d in self.differences)
+        return "; ".join(texts) if texts else None
 
 
 # -- variants --------------------------------------------------------------------------------
@@ -507,32 +538,36 @@ def _er_text(row: SweepRow) -> str:
 
 
 def answer(result: SearchResult) -> str:
-    """The sweep's answer in one line: best ER (and whether it is significant), best accuracy."""
+    """The sweep's answer in one line: best ER, its difference from the runner-up with what the
+    interval covers and the verdict (untested with one seed), and the best mean accuracy."""
     if result.best_er is None:
         best = "best ER: none (no point has an ER: see the table's shift columns)"
+    elif result.runner_up is None:
+        best = f"best ER: {result.best_er.label} ({_er_text(result.best_er)}, no other point "
+        best += "to compare with)"
+    elif not result.differences:
+        best = f"best ER: {result.best_er.label} ({_er_text(result.best_er)}, no shift where "
+        best += f"{result.runner_up.label} has an ER too)"
     else:
-        best = f"best ER: {result.best_er.label} ({_er_text(result.best_er)}"
-        if result.runner_up is None:
-            best += ", no other point to compare with)"
-        else:
-            verdict = "significantly better" if result.significant else "not significantly better"
-            gaps = ", ".join(
-                f"{points_label(d.difference)} "
-                f"[{points_label(d.interval.low)}, {points_label(d.interval.high)}]"
-                + (f" on {d.shift_task}" if len(result.differences) > 1 else "")
-                for d in result.differences
-            )
-            best += f", {verdict} than {result.runner_up.label}"
-            best += f": difference {gaps})" if gaps else ")"
+        gaps = ", ".join(
+            f"{points_label(d.difference)} "
+            f"[{points_label(d.interval.low)}, {points_label(d.interval.high)}]"
+            + (f" on {d.shift_task}" if len(result.differences) > 1 else "")
+            for d in result.differences
+        )
+        best = (
+            f"best ER: {result.best_er.label} ({_er_text(result.best_er)}; vs "
+            f"{result.runner_up.label}: difference {gaps} (interval covers {result.covers}), "
+            f"{result.verdict}"
+        )
+        if result.significant is None:
+            best += f": train {MIN_SEEDS_FOR_VERDICT}+ seeds per value for a verdict"
+        best += ")"
     accuracy = "none"
     if result.best_accuracy is not None:
         row = result.best_accuracy
         accuracy = f"{row.label} ({points_label(row.mean_accuracy, signed=False)}%)"
     return f"{best}; best mean accuracy: {accuracy}"
-
-
-
-
 
 
 def search_summary(result: SearchResult, recipe: Recipe, pool_root: Path) -> dict[str, Any]:
@@ -577,6 +612,8 @@ def search_summary(result: SearchResult, recipe: Recipe, pool_root: Path) -> dic
         "best_mean_accuracy": None if result.best_accuracy is None else result.best_accuracy.value,
         "runner_up": None if result.runner_up is None else result.runner_up.value,
         "differences": [d.to_dict() for d in result.differences],
-        "significant": result.significant,
+        "verdict": result.verdict,  # "significant", "not significant" or "untested (1 seed)"
+        "significant": result.significant,  # null when untested
+        "covers": result.covers,
         "answer": answer(result),
     }

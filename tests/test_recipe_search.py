@@ -3,6 +3,7 @@ over two values at the tiny-test scale, ranked against real baseline runs, then 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -16,8 +17,15 @@ from curate.build_pool.recipe import RecipeError, load_recipe, parse_recipe
 from curate.cli.app import app
 from curate.core.errors import UserInputError
 from curate.core.pool_writer import PoolWriter, SourceSample
+from curate.eval.er_uncertainty import Interval
 from curate.eval.records import read_records
-from curate.recipe_search import parse_values, recipe_variant, search_recipe, variant_name
+from curate.recipe_search import (
+    answer,
+    parse_values,
+    recipe_variant,
+    search_recipe,
+    variant_name,
+)
 from curate.runs.baseline import run_baselines
 from tests.colours import COLOURS, coloured_image, labelled_parquet, write_colours_tasks
 
@@ -89,10 +97,17 @@ def _search(setup, out, values, **options):
     )
 
 
-def test_sweep_builds_scores_ranks_and_resumes(setup, tmp_path):
-    out = tmp_path / "sweep"
+@pytest.fixture(scope="module")
+def sweep(setup, tmp_path_factory):
+    """The two-value sweep, one seed per value: (its folder, the steps it announced, result)."""
+    out = tmp_path_factory.mktemp("sweep") / "sweep"
     steps: list[str] = []
     result = _search(setup, out, [3, 4], on_step=steps.append)
+    return out, steps, result
+
+
+def test_sweep_builds_scores_ranks_and_resumes(setup, sweep):
+    out, steps, result = sweep
 
     assert steps[:2] == ["build min_term_chars=3", "build min_term_chars=4"]
     # hand-checked: every caption names a colour; "red" has 3 letters, so 4 drops a third
@@ -132,7 +147,7 @@ def test_sweep_builds_scores_ranks_and_resumes(setup, tmp_path):
     assert difference.difference == pytest.approx(ers[0] - ers[1])
     low, high = difference.interval.low, difference.interval.high
     assert low <= difference.difference <= high
-    assert result.significant == (low > 0)
+    assert difference.significant == (low > 0 or high < 0)  # the interval's, whatever it covers
     summary = json.loads((out / "search.json").read_text())
     assert [r["value"] for r in summary["rows"]] == [row.value for row in result.rows]
     assert summary["best_er"] == result.best_er.value
@@ -167,11 +182,57 @@ def test_sweep_builds_scores_ranks_and_resumes(setup, tmp_path):
     assert "colours-shift ER" in cli_result.output
     assert f"best ER: {result.best_er.label}" in cli_result.output
     assert f"best mean accuracy: {result.best_accuracy.label}" in cli_result.output
+    printed = " ".join(cli_result.output.split())  # rich wraps long lines
+    assert "95% interval, covering test images only]" in printed
+    assert "untested (1 seed)" in printed and "significant" not in printed
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
         "colour_words-min_term_chars-3",
         "colour_words-min_term_chars-4",
         "search.json",
     ]
+
+
+def test_a_verdict_needs_two_seeds_per_point(sweep):
+    """One seed per value: "untested (1 seed)", never "significant", in the result, its answer
+    and search.json, however narrow the interval; two seeds with a clear gap: "significant"."""
+    out, _, result = sweep
+    (difference,) = result.differences
+    assert (difference.n_seeds_a, difference.n_seeds_b) == (1, 1)
+    assert (result.verdict, result.significant) == ("untested (1 seed)", None)
+    assert result.covers.startswith("test images")
+    assert "untested (1 seed)" in answer(result) and "significant" not in answer(result)
+    summary = json.loads((out / "search.json").read_text())
+    assert (summary["verdict"], summary["significant"]) == ("untested (1 seed)", None)
+    assert summary["covers"] == result.covers
+    assert "untested (1 seed)" in summary["answer"] and "significant" not in summary["answer"]
+
+    def with_differences(*changes: dict) -> object:
+        made = tuple(dataclasses.replace(difference, **change) for change in changes)
+        return dataclasses.replace(result, differences=made)
+
+    one_seed = {"difference": 0.10, "interval": Interval(0.09, 0.11, "bootstrap-percentile", 0.95)}
+    narrow = with_differences(one_seed)  # the old code called this significant
+    assert (narrow.verdict, narrow.significant) == ("untested (1 seed)", None)
+    assert "significant" not in answer(narrow)
+    line = answer(narrow)
+    assert "(interval covers test images only), untested (1 seed): train 2+ seeds" in line
+
+    seeded = {"n_seeds_a": 2, "n_seeds_b": 3, "difference": 0.10}
+    clear = {**seeded, "interval": Interval(0.05, 0.15, "t-seeds+bootstrap", 0.95)}
+    wide = {**seeded, "interval": Interval(-0.02, 0.22, "t-seeds+bootstrap", 0.95)}
+    below = {**seeded, "difference": -0.10, "interval": Interval(-0.15, -0.05, "t-seeds", 0.95)}
+    two_seeds = with_differences(clear)
+    assert (two_seeds.verdict, two_seeds.significant) == ("significant", True)
+    assert two_seeds.covers == "test images + seeds"
+    best, _ = answer(two_seeds).split("; best mean accuracy")
+    assert best.endswith("+10.0 [+5.0, +15.0] (interval covers test images + seeds), significant)")
+    assert "untested" not in best
+    for changes in ((wide,), (clear, below)):  # every shift must beat the runner-up
+        not_beaten = with_differences(*changes)
+        assert (not_beaten.verdict, not_beaten.significant) == ("not significant", False)
+    mixed = with_differences(clear, {**clear, "n_seeds_b": 1})  # one shift's runner-up: 1 seed
+    assert (mixed.verdict, mixed.significant) == ("untested (1 seed)", None)
+    assert "significant" not in answer(mixed)
 
 
 def test_bad_values_fail_before_any_output(setup, tmp_path):

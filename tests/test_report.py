@@ -29,6 +29,7 @@ from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.eval.collect import collect_runs
 from curate.eval.effective_robustness import fit_logit_line
 from curate.report.build import build_report
+from curate.report.results import ErCell
 from tests.conftest import make_image_bytes
 from tests.result_records import (
     ID_TASK,
@@ -208,7 +209,11 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
     )
     rows = {row[1]: row for row in _table(html, "leaderboard")}
     assert [row[1] for row in _table(html, "leaderboard")] == ["animals", "all"]  # ranked by ER
-    for name, significance in (("animals", "significant"), ("all", "not significant")):
+    # "animals": 2 seeds well above the line, a verdict; "all": one seed, none however it looks
+    for name, verdict, covers in (
+        ("animals", "significant", "test images + baseline fit + seeds"),
+        ("all", "untested (1 seed)", "test images + baseline fit only"),
+    ):
         members = sorted(
             (run for run in runs if not run.baseline and Path(run.pool).name == name),
             key=lambda run: run.seed,
@@ -218,7 +223,8 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
         )
         rank, _, recipe, scale, kept, seeds, id_acc, ood_acc, er, multi_id, mean_er = rows[name]
         assert er.startswith(f"{100 * reference:+.1f} [")
-        assert re.search(rf"\] {significance}\b", er), er
+        assert re.search(rf"\] {re.escape(verdict)} interval covers {re.escape(covers)}\b", er), er
+        assert ("significant" in er) == (len(members) > 1), er  # one seed: never "significant"
         assert mean_er == f"{100 * reference:+.1f}"
         assert seeds == ", ".join(str(run.seed) for run in members)
         id_mean = 100 * np.mean([run.accuracy(ID_TASK) for run in members])
@@ -240,6 +246,26 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
     # "all" ran one seed: no verdict, and the interval holds "animals"' seed spread only
     assert html_module.unescape(covers) == "test images + one pool's seeds"
     assert verdict.startswith("untested (1 seed)")
+
+
+def test_er_cell_gives_a_verdict_only_with_two_seeds():
+    """An ER interval far from 0 from one training run is still "untested (1 seed)": it holds
+    test-image noise (and the baseline fit), not training noise."""
+
+    def cell(n_seeds: int, low: float | None, high: float | None, method: str) -> ErCell:
+        per_seed = (0.10,) * n_seeds
+        return ErCell(0.10, None, low, high, method, per_seed, baseline_refit=True, n_seeds=n_seeds)
+
+    one_seed = cell(1, 0.09, 0.11, "bootstrap-percentile")
+    assert one_seed.excludes_zero is True
+    assert (one_seed.verdict, one_seed.significant) == ("untested (1 seed)", None)
+    assert one_seed.covers == "test images + baseline fit only"
+    two_seeds = cell(2, 0.05, 0.15, "t-seeds+bootstrap")
+    assert (two_seeds.verdict, two_seeds.significant) == ("significant", True)
+    assert two_seeds.covers == "test images + baseline fit + seeds"
+    spread = cell(3, -0.05, 0.25, "t-seeds+bootstrap")
+    assert (spread.verdict, spread.significant) == ("not significant", False)
+    assert cell(3, None, None, "none").verdict is None  # no interval: no verdict at all
 
 
 def test_stage_counts_and_ground_truth_match_decisions(report, runs_dir):

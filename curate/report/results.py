@@ -1,6 +1,7 @@
 """The scored results as the page shows them: one leaderboard per setup (comparability key),
-every ER with its interval and whether that interval excludes 0, the baseline runs and fits,
-the ID-vs-OOD plots, and the exact training configuration of each setup.
+every ER with its interval, what the interval covers and, with 2+ seeds, whether it excludes 0
+(one seed: "untested (1 seed)"), the baseline runs and fits, the ID-vs-OOD plots, and the
+exact training configuration of each setup.
 
 The numbers come from :mod:`curate.leaderboard` (grouping, seed aggregation, bootstrap) and
 the plots from :mod:`curate.report.plots`; this module only arranges them for the page.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from curate.eval.collect import RunResult
+from curate.eval.er_uncertainty import MIN_SEEDS_FOR_VERDICT, difference_verdict, interval_covers
 from curate.leaderboard.groups import GroupSummary, ShiftSummary
 from curate.leaderboard.model import Leaderboard, summarize
 from curate.leaderboard.pairs import PairDifference
@@ -32,13 +34,38 @@ class ErCell:
     method: str
     per_seed: tuple[float, ...]
     baseline_refit: bool
+    n_seeds: int
 
     @property
-    def significant(self) -> bool | None:
+    def excludes_zero(self) -> bool | None:
         """Whether the interval excludes 0 (None when there is no interval)."""
         if self.low is None or self.high is None:
             return None
         return self.low > 0 or self.high < 0
+
+    @property
+    def covers(self) -> str:
+        """What the interval accounts for: "test images + baseline fit only" for one seed whose
+        bootstrap refitted the baseline line, "test images + seeds" for 2+ seeds, ..."""
+        covered = interval_covers(self.method, self.n_seeds, self.n_seeds)
+        if self.baseline_refit and covered.startswith("test images"):
+            covered = covered.replace("test images", "test images + baseline fit", 1)
+        return covered
+
+    @property
+    def verdict(self) -> str | None:
+        """ "significant" / "not significant" with :data:`MIN_SEEDS_FOR_VERDICT` seeds (the
+        interval then holds the seed spread), else "untested (1 seed)"; None without interval."""
+        if self.excludes_zero is None:
+            return None
+        return difference_verdict(self.excludes_zero, self.n_seeds)
+
+    @property
+    def significant(self) -> bool | None:
+        """The verdict as a boolean: None when untested or there is no interval."""
+        if self.excludes_zero is None or self.n_seeds < MIN_SEEDS_FOR_VERDICT:
+            return None
+        return self.excludes_zero
 
 
 @dataclass(frozen=True)
@@ -166,6 +193,7 @@ def _er_cell(shift: ShiftSummary) -> ErCell | None:
         method=er.interval.method,
         per_seed=tuple(er.per_seed),
         baseline_refit=er.baseline_refit,
+        n_seeds=er.n_seeds,
     )
 
 
