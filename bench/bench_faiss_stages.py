@@ -42,6 +42,7 @@ CPU-seconds flat).
     python bench/bench_faiss_stages.py                                  # 1M x 768
     python bench/bench_faiss_stages.py --rows 200000 --recall-sample 2000
     python bench/bench_faiss_stages.py --rows 12800000 --skip near_dedup,exact   # image_based
+    python bench/bench_faiss_stages.py --rows 12800000 --skip image_based --nprobe 4 --recall-sample 2000
     python bench/bench_faiss_stages.py --compare-sharded --rows 40000 --dim 512 --shard-rows 8192
 """
 
@@ -188,7 +189,9 @@ def build_pool_command(args: argparse.Namespace, work: Path, name: str, stage: s
 def near_dedup_run(args: argparse.Namespace, work: Path) -> dict:
     stage = (
         f"  - stage: near_dedup\n    params: {{threshold: {args.threshold}, "
-        f"recall_sample: {args.recall_sample}}}\n"
+        f"recall_sample: {args.recall_sample}"
+        + (f", nprobe: {args.nprobe}" if args.nprobe else "")
+        + "}\n"
     )
     return build_pool_command(args, work, "bench_near_dedup", stage)
 
@@ -347,6 +350,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--threshold", type=float, default=0.95)
     parser.add_argument("--recall-sample", type=int, default=10_000, help="exact-search query rows")
+    parser.add_argument("--nprobe", type=int, help="near_dedup's IVF nprobe (default: the stage's)")
     parser.add_argument("--n-clusters", type=int, default=2048, help="image_based k-means")
     parser.add_argument("--train-sample", type=int, default=131_072, help="k-means rows")
     parser.add_argument("--executor", default="local")
