@@ -279,20 +279,3 @@ def testbed_fit(name: str, path: Path = TESTBED_CSV, x_column: str | None = None
         models=points.models,
         x_range=(float(x.min()), float(x.max())),
     )
-
-
-def fit_testbed(name: str, path: Path = TESTBED_CSV) -> LinearFit:
-    """One logit line over the testbed's fit set for ``name``.
-
-    For the four single-line shifts this is the testbed's line; for ImageNet-A it is one line
-    through both of the testbed's pieces (what a single-line plot needs); ER against the
-    testbed's own ImageNet-A baseline comes from :func:`testbed_fit`.
-    """
-    points = testbed_points(name, path)
-    return fit_logit_line(
-        points.id_accuracy,
-        points.ood_accuracy,
-        id_task=points.shift.id_column,
-        ood_task=points.shift.shift,
-        source="imagenet-testbed",
-    )

@@ -24,7 +24,7 @@ from curate.eval.effective_robustness import (
     multi_id_effective_robustness,
 )
 from curate.eval.er_uncertainty import er_difference, estimate_er
-from curate.eval.testbed import TESTBED_CSV, TESTBED_SHIFTS, fit_testbed
+from curate.eval.testbed import TESTBED_CSV, TESTBED_SHIFTS
 
 
 def test_logit_matches_formula_and_is_finite_at_0_and_1():
@@ -192,13 +192,15 @@ def test_full_imagenet_axis_uses_the_same_models_and_an_independent_fit(shift):
         assert on_val.pivot == pytest.approx(0.7613, abs=1e-4)  # resnet50's val accuracy
 
 
-@pytest.mark.parametrize("shift", sorted(TESTBED_SHIFTS))
+@pytest.mark.parametrize(
+    "shift", sorted(name for name, shift in TESTBED_SHIFTS.items() if shift.split_at_model is None)
+)
 def test_single_line_testbed_fit_matches_scipy_linregress(shift):
     points = [p for piece in _independent_testbed_pieces(shift) for p in piece]
     x = np.array([p[1] for p in points]) / 100
     y = np.array([p[2] for p in points]) / 100
     reference = stats.linregress(np.log(x / (1 - x)), np.log(y / (1 - y)))
-    fit = fit_testbed(shift)
+    (fit,) = testbed.testbed_fit(shift).pieces
     assert fit.n_points == len(points)
     assert fit.slope == pytest.approx(reference.slope, abs=1e-10)
     assert fit.intercept == pytest.approx(reference.intercept, abs=1e-10)
@@ -206,7 +208,7 @@ def test_single_line_testbed_fit_matches_scipy_linregress(shift):
 
 
 def test_testbed_imagenetv2_fit_is_the_tight_published_trend():
-    fit = fit_testbed("imagenetv2-matched-frequency-format-val")
+    (fit,) = testbed.testbed_fit("imagenetv2-matched-frequency-format-val").pieces
     assert fit.r_squared > 0.99  # ImageNetV2 is the textbook "accuracy on the line" case
     assert 0.85 < fit.slope < 1.0
 
@@ -423,3 +425,24 @@ def test_single_id_line_uses_only_id_only_baselines_and_the_plane_uses_every_fam
     pool_run = [replace(pool_run[0], baseline=False, baseline_family=None)]
     single = estimate_er(pool_run, id_only + pool_family, ID_TASK, SHIFT_TASK, n_boot=50)
     assert single.fit.n_points == 4 and abs(single.mean) < 0.04
+
+
+def test_testbed_plot_draws_imagenet_a_as_the_testbeds_two_lines(tmp_path):
+    from curate.eval.effective_robustness import logit
+    from curate.report.plots import fit_segments, testbed_plot, write_plots
+
+    fit = testbed.testbed_fit("imagenet-a")
+    pair = testbed_plot("imagenet-a")
+    line = np.linspace(float(logit(0.5)), float(logit(0.97)), 200)  # the split: 91.86 %
+    (low_x, low_y, low_label), (high_x, high_y, high_label) = fit_segments(pair, line)
+    pivot = float(logit(fit.pivot))
+    assert low_x.max() == pytest.approx(pivot) and high_x.min() == pytest.approx(pivot)
+    for (xs, ys), piece in zip([(low_x, low_y), (high_x, high_y)], fit.pieces, strict=True):
+        assert np.allclose(ys, piece.slope * xs + piece.intercept)
+    assert "ID < 91.86 %" in low_label and f"n {fit.pieces[1].n_points}" in high_label
+    ((xs, ys, _),) = fit_segments(testbed_plot("imagenet-r"), line)  # one line, all of it
+    assert len(xs) == len(line)
+    assert [p.name for p in write_plots([pair], tmp_path)] == [
+        f"{pair.file_stem}.png",
+        f"{pair.file_stem}.svg",
+    ]

@@ -41,6 +41,17 @@ class PlotPoint:
 
 
 @dataclass(frozen=True)
+class FitPiece:
+    """One line of a piecewise baseline and the ID accuracies (fractions) it covers: from
+    ``low`` (None: no bound) up to, not including, ``high``."""
+
+    fit: LinearFit
+    low: float | None = None
+    high: float | None = None
+    label: str = ""
+
+
+@dataclass(frozen=True)
 class PairPlot:
     id_task: str
     shift_task: str
@@ -54,6 +65,9 @@ class PairPlot:
     # baselines of other families (e.g. on the pool's own distribution): drawn, not fitted
     other_id: np.ndarray = field(default_factory=lambda: np.empty(0))
     other_ood: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # a baseline of several lines, each over its own ID range (the testbed's ImageNet-A),
+    # drawn instead of ``fit``
+    fit_pieces: tuple[FitPiece, ...] = ()
 
     @property
     def file_stem(self) -> str:
@@ -124,15 +138,8 @@ def plot_pair(pair: PairPlot, out_stem: Path) -> list[Path]:
             edgecolors="tab:gray", s=32, zorder=3,
             label="other baseline family (multi-ID plane only, not in this fit)",
         )  # fmt: skip
-    if pair.fit is not None:
-        fit = pair.fit
-        axes.plot(
-            line, fit.slope * line + fit.intercept, color="tab:red", linewidth=1.5,
-            label=(
-                f"baseline fit: slope {fit.slope:.2f}, intercept {fit.intercept:.2f}, "
-                f"R² {fit.r_squared:.2f}, n {fit.n_points}"
-            ),
-        )  # fmt: skip
+    for xs, ys, label in fit_segments(pair, line):
+        axes.plot(xs, ys, color="tab:red", linewidth=1.5, label=label)
     colours = plt.get_cmap("tab10")
     for index, point in enumerate(pair.points):
         colour = colours((index + 1) % 10)
@@ -167,6 +174,31 @@ def plot_pair(pair: PairPlot, out_stem: Path) -> list[Path]:
         written.append(path)
     plt.close(figure)
     return written
+
+
+def fit_segments(pair: PairPlot, line: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The baseline's lines to draw over the logit-scale x values ``line``: ``(x, y, label)``
+    per piece of ``pair.fit_pieces``, each only over its own ID range, else ``pair.fit``
+    over all of it."""
+    pieces = pair.fit_pieces or ((FitPiece(pair.fit),) if pair.fit is not None else ())
+    splits = [float(logit(b)) for p in pieces for b in (p.low, p.high) if b is not None]
+    line = np.union1d(line, [x for x in splits if line[0] < x < line[-1]])  # pieces meet
+    segments = []
+    for piece in pieces:
+        inside = np.ones(len(line), dtype=bool)
+        if piece.low is not None:
+            inside &= line >= float(logit(piece.low))
+        if piece.high is not None:
+            inside &= line <= float(logit(piece.high))
+        fit = piece.fit
+        where = f" ({piece.label})" if piece.label else ""
+        label = (
+            f"baseline fit{where}: slope {fit.slope:.2f}, intercept {fit.intercept:.2f}, "
+            f"R² {fit.r_squared:.2f}, n {fit.n_points}"
+        )
+        xs = line[inside]
+        segments.append((xs, fit.slope * xs + fit.intercept, label))
+    return segments
 
 
 def _accuracy_bounds(
@@ -239,16 +271,24 @@ def leaderboard_plots(leaderboard: Leaderboard) -> list[PairPlot]:
 
 
 def testbed_plot(shift: str) -> PairPlot:
-    """The testbed's STANDARD models and their fit for one ImageNet shift (a sanity check)."""
-    from curate.eval.testbed import fit_testbed, testbed_points
+    """The testbed's STANDARD models and its baseline for one ImageNet shift (a sanity check):
+    one line, or ImageNet-A's two, each drawn over its own side of the split."""
+    from curate.eval.testbed import testbed_fit, testbed_points
 
     points = testbed_points(shift)
+    fit = testbed_fit(shift)
+    bounds = [(None, None)] if fit.pivot is None else [(None, fit.pivot), (fit.pivot, None)]
+    labels = [""] if fit.pivot is None else [f"ID {label} %" for label in fit.piece_labels]
     return PairPlot(
         id_task=f"ImageNet {points.shift.id_column}",
         shift_task=shift,
         baseline_id=points.id_accuracy,
         baseline_ood=points.ood_accuracy,
-        fit=fit_testbed(shift),
+        fit=None,
+        fit_pieces=tuple(
+            FitPiece(piece, low, high, label)
+            for piece, (low, high), label in zip(fit.pieces, bounds, labels, strict=True)
+        ),
         points=(),
         title=f"imagenet-testbed (STANDARD models): {points.shift.id_column} → {shift}",
         baseline_label="testbed STANDARD models",
