@@ -151,6 +151,36 @@ def _int_list(text: str, option: str) -> list[int]:
         raise UserInputError(f"{option}: expected comma-separated integers, got {text!r}") from None
 
 
+MODEL_HELP = (
+    "A kind of standard model on the line: ARCH:BUDGETS[:augment|:no-augment], e.g. "
+    "curate-tiny-rn:15000,30000 or curate-tiny-vit-p8:15000:no-augment (ARCH '-' keeps the "
+    "scale's); repeat the option. Varied architectures and recipes make the line the "
+    "testbed's kind of baseline: models that differ in everything but their data."
+)
+
+
+def _baseline_model(text: str):
+    """``ARCH:BUDGETS[:augment|:no-augment]`` -> a BaselineModel (one-line error otherwise)."""
+    from curate.core.errors import UserInputError
+    from curate.runs.baseline import BaselineModel
+
+    parts = text.split(":")
+    flags = {"augment": True, "no-augment": False}
+    if len(parts) not in (2, 3) or not parts[0] or (len(parts) == 3 and parts[2] not in flags):
+        raise UserInputError(
+            f"--model {text!r}: expected ARCH:BUDGETS[:augment|:no-augment], "
+            "e.g. curate-tiny-rn:15000,30000"
+        )
+    budgets = tuple(_int_list(parts[1], f"--model {text!r}"))
+    if not budgets:
+        raise UserInputError(f"--model {text!r}: no budgets")
+    return BaselineModel(
+        budgets,
+        arch=None if parts[0] == "-" else parts[0],
+        augment=flags[parts[2]] if len(parts) == 3 else None,
+    )
+
+
 @app.command("baseline")
 def baseline_command(
     task_set: Annotated[
@@ -160,26 +190,43 @@ def baseline_command(
         ),
     ] = "cifar10",
     budgets: Annotated[
-        str, typer.Option(help="Samples seen per baseline model, comma-separated.")
-    ] = "15000,30000,60000",
+        str | None,
+        typer.Option(
+            help="Samples seen per model of the scale's own kind, comma-separated; default "
+            "15000,30000,60000 when no --model is given."
+        ),
+    ] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help=MODEL_HELP)] = None,
     seeds: Annotated[str, typer.Option(help="Seeds, comma-separated.")] = "0,1",
     out: Annotated[
         Path, typer.Option(help="The clean ID pool (built here once); its results/ holds the runs.")
     ] = Path("baselines/cifar10"),
     scale: Annotated[str, typer.Option(help="Scale whose recipe the baselines use.")] = "tiny",
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Train the runs here once and link them into OUT: runs with the same task "
+            "set, scale settings and seed are reused by every OUT that names this cache."
+        ),
+    ] = None,
     tasks_file: Annotated[Path | None, typer.Option(help=TASKS_FILE_HELP)] = None,
     scales_file: Annotated[Path | None, typer.Option(help=SCALES_FILE_HELP)] = None,
 ) -> None:
     """Train the tiny-scale baseline line: standard models on ID-only data at several budgets.
 
     Builds a clean pool from the task set's labelled ID data (e.g. the demo's CIFAR-10 train,
-    captioned by class-name templates), trains one model per budget and seed with the same
-    loop as `curate score`, and evaluates it on the set's tasks; runs are marked
+    captioned by class-name templates), trains one model per kind, budget and seed with the
+    same loop as `curate score`, and evaluates it on the set's tasks; runs are marked
     baseline = true. Effective robustness is measured against the line through them.
 
-    Example: curate baseline --task-set cifar10 --budgets 15000,30000,60000 --seeds 0,1
+    Example: curate baseline --task-set cifar10 --budgets 15000,30000 --model
+    curate-tiny-rn:15000 --model curate-tiny-vit-p8:30000:no-augment --seeds 0,1
     """
     from curate.runs.baseline import run_baselines
+
+    models = [_baseline_model(text) for text in model or ()]
+    if budgets is None:
+        budgets = "" if models else "15000,30000,60000"
 
     def report(result) -> None:
         train = result.run.get("train") or {}
@@ -196,6 +243,8 @@ def baseline_command(
         scale_name=scale,
         scales_file=scales_file,
         tasks_file=tasks_file,
+        models=models,
+        cache=cache,
         on_run=report,
         on_task=_print_task,
     )
