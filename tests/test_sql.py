@@ -315,6 +315,7 @@ TYPE_VALUES = [  # (DuckDB type, an SQL value of it)
     ("STRUCT", "{'a': 1, 'b': 'x'}"),
     ("STRUCT-of-odd-types", "{'b': 'x'::BLOB, 'u': 2::UNION(n INTEGER, s VARCHAR), 'f': [0.5]}"),
     ("TUPLE", "(1, 'x')"),
+    ("TUPLE-of-NaN", "('nan'::DOUBLE, [('inf'::DOUBLE, 2)])"),  # JSON has neither, nested too
     ("MAP", "MAP {'k': [1, 2]}"),
     ("MAP-of-INTERVAL", "MAP {'k': INTERVAL 1 HOUR}"),
     ("UNION", "'x'::UNION(n INTEGER, s VARCHAR)"),

@@ -137,6 +137,17 @@ def _convert(expr: str, column_type: DuckDBPyType, leaf: Leaf, depth: int = 0) -
             for (name, _), field, value in zip(children, fields, converted, strict=True)
         )
         return f"CASE WHEN {expr} IS NULL THEN NULL ELSE struct_pack({packed}) END"
+    if kind == "tuple" and leaf is _json_leaf:  # an unnamed struct, row(...), becomes JSON
+        children = column_type.children  # (its fields by position) wherever it is written
+        fields = [f"struct_extract({expr}, {position})" for position in range(1, len(children) + 1)]
+        converted = [
+            _convert(field, child, leaf, depth + 1)
+            for field, (_, child) in zip(fields, children, strict=True)
+        ]
+        if all(value is None for value in converted):
+            return None
+        packed = ", ".join(value or field for field, value in zip(fields, converted, strict=True))
+        return f"CASE WHEN {expr} IS NULL THEN NULL ELSE row({packed}) END"
     return leaf(expr, column_type)
 
 
@@ -154,7 +165,7 @@ def _arrow_leaf(column: str) -> Leaf:
             checked = f"coalesce(TRY_CAST({expr} AS DECIMAL(38,0)), error({message}))"
             return f"CASE WHEN {expr} IS NULL THEN NULL ELSE {checked} END"
         if kind in _AS_JSON:
-            return f"CAST(to_json({expr}) AS VARCHAR)"
+            return f"CAST(to_json({_convert(expr, value_type, _json_leaf) or expr}) AS VARCHAR)"
         return f"CAST({expr} AS VARCHAR)"
 
     return leaf
