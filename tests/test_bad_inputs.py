@@ -317,6 +317,61 @@ def _scale_yaml(**changes: object) -> bytes:
     return yaml.safe_dump({"tiny-test": {**_SCALE, **changes}}).encode()
 
 
+def _datacomp_case(damage: str):
+    """`curate ingest` of DataComp metadata (2 parquet files with their .npz) used in place,
+    damaged one way; the error must name the file (and row)."""
+
+    def make(case: Path, pool: Path) -> list[str]:
+        import numpy as np
+        import polars as pl
+
+        from tests.test_ingest_datacomp import _metadata_folder
+
+        table, _ = _metadata_folder(case / "src", sizes=(7, 5), compressed=(False, False))
+        second = table.slice(7)
+        if damage == "schema":
+            second = second.with_columns(pl.col("original_width").cast(pl.Float64))
+            second.write_parquet(case / "src" / "00000001.parquet")
+        elif damage == "missing_npz":
+            (case / "src" / "00000001.npz").unlink()
+        elif damage == "npz_rows":
+            np.savez(case / "src" / "00000001.npz", b32_img=np.zeros((3, 4), np.float16))
+        elif damage == "repeated_uid":
+            repeat = pl.when(pl.int_range(pl.len()) == 2).then(pl.lit(table["uid"][6]))
+            second.with_columns(uid=repeat.otherwise("uid")).write_parquet(
+                case / "src" / "00000001.parquet"
+            )
+        return _ingest(case, case / "src", "--format", "datacomp")
+
+    return make
+
+
+def _datacomp_pool_case(damage: str):
+    """build-pool over DataComp metadata used in place whose .npz cannot serve it."""
+
+    def make(case: Path, pool: Path) -> list[str]:
+        import numpy as np
+
+        from curate.ingest.datacomp import reference_in_place
+        from tests.test_ingest_datacomp import _metadata_folder
+
+        deflated = (False, damage == "deflated")
+        _metadata_folder(case / "src", sizes=(7, 5), compressed=deflated)
+        reference_in_place(case / "src", case / "pool")
+        if damage == "changed":
+            npz = case / "src" / "00000001.npz"
+            with np.load(npz) as arrays:
+                np.savez(npz, **{key: arrays[key][::-1].copy() for key in arrays.files})
+        stage = "  - stage: near_dedup\n    params: {threshold: 0.95}\n"
+        (case / "recipe.yaml").write_text(
+            f"name: bad\nseed: 0\nembeddings: datacomp-b32\nstages:\n{stage}"
+        )
+        return ["build-pool", str(case / "recipe.yaml"), "--pool", str(case / "pool"),
+                "--out", str(case / "out")]  # fmt: skip
+
+    return make
+
+
 GOOD_RECIPE = "name: bad\nseed: 0\nstages:\n  - stage: basic\n    params:\n      min_words: 3\n"
 I2D = "img2dataset"
 CASES = [
@@ -550,6 +605,37 @@ CASES = [
         _garbage_file("train.parquet", b"", source_is_file=True),
         error=("train.parquet",),
     ),
+    # -- curate ingest: DataComp metadata used in place ------------------------------------------
+    Case(
+        "datacomp-schemas-differ",
+        _datacomp_case("schema"),
+        error=("00000001.parquet", "schema differs from 00000000.parquet"),
+    ),
+    Case(
+        "datacomp-npz-missing",
+        _datacomp_case("missing_npz"),
+        error=("00000001.npz is missing",),
+    ),
+    Case(
+        "datacomp-npz-wrong-row-count",
+        _datacomp_case("npz_rows"),
+        error=("00000001.npz", "has 3 rows but 00000001.parquet has 5"),
+    ),
+    Case(
+        "datacomp-uid-repeated-across-files",
+        _datacomp_case("repeated_uid"),
+        error=("00000001.parquet row 2", "repeats", "00000000.parquet row 6"),
+    ),
+    Case(
+        "datacomp-npz-deflated-for-an-embedding-stage",
+        _datacomp_pool_case("deflated"),
+        error=("00000001.npz", "compressed", "--copy"),
+    ),
+    Case(
+        "datacomp-npz-changed-after-ingest",
+        _datacomp_pool_case("changed"),
+        error=("00000001.npz changed since `curate ingest`",),
+    ),
     # -- curate build-pool: malformed recipes --------------------------------------------------
     Case(
         "recipe-bad-yaml",
@@ -721,4 +807,4 @@ def test_nothing_written_outside(corpus) -> None:
 def test_count_of_cases_tried(corpus) -> None:
     tried = len(corpus["results"])
     print(f"bad inputs tried: {tried}")
-    assert tried == len(CASES) == 55
+    assert tried == len(CASES) == 61
