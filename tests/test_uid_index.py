@@ -94,7 +94,7 @@ def test_kept_uids_from_the_index_equal_the_decoded_ones(tmp_path, monkeypatch, 
     indexed = build_pool(
         RECIPE, tmp_path / "pool", tmp_path / "a", shard_rows=64, executor=executor
     )
-    header = tmp_path / "pool" / uid_index.INDEX_DIR / uid_index.INDEX_FILE
+    header = tmp_path / "pool" / "uid_index" / uid_index.INDEX_FILE
     header.unlink()  # no index: every kept uid decoded from the parquet and sorted
     decoded = build_pool(
         RECIPE, tmp_path / "pool", tmp_path / "b", shard_rows=64, executor=executor
@@ -120,3 +120,11 @@ def test_index_header_records_rows_and_buckets(tmp_path):
     reference_in_place(_folder(tmp_path / "meta", sizes=(10,)), tmp_path / "pool")
     header = json.loads((tmp_path / "pool" / "uid_index" / "index.json").read_text())
     assert header == {"rows": 10, "bucket_bits": 0}
+
+
+def test_pool_info_counts_the_index_on_disk(tmp_path):
+    from curate.sql.info import collect_info
+
+    reference_in_place(_folder(tmp_path / "meta", sizes=(40, 30)), tmp_path / "pool")
+    (info,) = collect_info([tmp_path / "pool"])
+    assert info.bytes_on_disk["uid index"] > 70 * 24  # 24 B a row, plus the .npy headers

@@ -60,6 +60,11 @@ class PoolLayout:
         return self.root / "ingest_report.json"
 
     @property
+    def uid_index(self) -> Path:
+        """The pool's uids sorted in buckets (:mod:`curate.core.uid_index`), when it has them."""
+        return self.root / "uid_index"
+
+    @property
     def holdout(self) -> Path:
         """Held-out images of the pool's clean distribution (demo pools): HF image parquet."""
         return self.root / "holdout.parquet"

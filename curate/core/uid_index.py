@@ -27,9 +27,9 @@ import numpy as np
 import polars as pl
 
 from curate.core.atomic import write_json
+from curate.core.layout import PoolLayout
 from curate.core.uid import SUBSET_DTYPE
 
-INDEX_DIR = "uid_index"
 INDEX_FILE = "index.json"
 BUCKET_ROWS = 4 << 20
 
@@ -94,7 +94,7 @@ class UidIndex:
     @classmethod
     def open(cls, pool_root: Path, rows: int) -> UidIndex | None:
         """The pool's index, or None when it has none (or one for another row count)."""
-        directory = Path(pool_root) / INDEX_DIR
+        directory = PoolLayout(Path(pool_root)).uid_index
         try:
             header = json.loads((directory / INDEX_FILE).read_text("utf-8"))
         except (FileNotFoundError, json.JSONDecodeError):

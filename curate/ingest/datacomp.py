@@ -28,7 +28,7 @@ from numpy.lib import format as npy_format
 
 from curate.core.embedding_store import DATACOMP_NPZ_SETS
 from curate.core.pool_writer import IngestError, PartEmbeddings
-from curate.core.uid_index import INDEX_DIR, UidIndex, bucket_bits, bucket_of, sorted_bucket
+from curate.core.uid_index import UidIndex, bucket_bits, bucket_of, sorted_bucket
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
 
 if TYPE_CHECKING:
@@ -335,7 +335,7 @@ def reference_in_place(
             shutil.rmtree(staging)
         spill = staging / "_uids"
         spill.mkdir(parents=True)
-        index = UidIndex(staging / INDEX_DIR, total, bucket_bits(total))
+        index = UidIndex(PoolLayout(staging).uid_index, total, bucket_bits(total))
         index.directory.mkdir()
         first_rows = np.cumsum([0, *rows[:-1]]).tolist()
         try:

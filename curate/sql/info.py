@@ -57,6 +57,7 @@ def _disk_usage(pool: PoolDir) -> dict[str, int]:
             "samples": _bytes(layout.samples),
             "embeddings": _bytes(layout.embeddings_dir),
             "holdout": _bytes(layout.holdout),
+            "uid index": _bytes(layout.uid_index),
         }
     return {**{k: v for k, v in parts.items() if v}, "total": _bytes(pool.root)}
 
