@@ -612,7 +612,7 @@ def _save_sorted(directory: Path, bucket: int, pairs: np.ndarray) -> None:
 @dataclass(frozen=True)
 class _MarkTask:
     rows: ShardRows  # the shard minus every stage's removals
-    kept_file: Path  # a bool per pool row
+    out: Path  # its keep mask
 
 
 @dataclass(frozen=True)
@@ -624,14 +624,24 @@ class _GatherTask:
 
 
 def _mark_kept(task: _MarkTask) -> int:
-    """Map: the shard's kept rows, written into their range of the pool-wide keep file."""
+    """Map: the shard's keep mask, a bool per row, into a file of its own (tasks on other
+    machines never write into one shared file: a page of it could hold two shards' rows)."""
     mask = task.rows.mask()
-    shard = task.rows.shard
-    kept = np.load(task.kept_file, mmap_mode="r+")
-    kept[shard.first_row : shard.first_row + shard.rows] = True if mask is None else mask.to_numpy()
+    keep = np.ones(task.rows.shard.rows, dtype=bool) if mask is None else mask.to_numpy()
+    np.save(task.out, keep)
+    return int(keep.sum())
+
+
+def _join_masks(marks: list[_MarkTask], rows: int, kept_file: Path) -> None:
+    """The shards' masks, in pool order, as one pool-wide keep file (a byte a row, streamed:
+    one shard's mask in memory at a time)."""
+    kept = np.lib.format.open_memmap(kept_file, mode="w+", dtype=np.bool_, shape=(rows,))
+    for mark in marks:
+        shard = mark.rows.shard
+        kept[shard.first_row : shard.first_row + shard.rows] = np.load(mark.out)
+        mark.out.unlink()
     kept.flush()
     del kept
-    return shard.rows if mask is None else int(mask.sum())
 
 
 def _gather_bucket(task: _GatherTask) -> int:
@@ -655,9 +665,11 @@ def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging:
     index = UidIndex.open(plan.pool.root, sum(shard.rows for shard in plan.shards))
     if index is not None:
         kept_file = directory / "kept.npy"
-        np.lib.format.open_memmap(kept_file, mode="w+", dtype=np.bool_, shape=(index.rows,))
-        marks = [_MarkTask(rows, kept_file) for rows in shard_rows]
+        marks = [
+            _MarkTask(rows, directory / f"mask-{i:06d}.npy") for i, rows in enumerate(shard_rows)
+        ]
         spilled = sum(plan.executor.map(_mark_kept, marks, threads_ok=True))
+        _join_masks(marks, index.rows, kept_file)
         buckets = index.buckets
         gathers = [_GatherTask(index, b, kept_file, directory) for b in range(buckets)]
         counts = list(plan.executor.map(_gather_bucket, gathers, threads_ok=True))
