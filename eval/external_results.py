@@ -33,7 +33,6 @@ import csv
 import importlib.resources
 import json
 import math
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,13 +41,8 @@ from typing import Any
 
 import polars as pl
 
-from curate.core.atomic import (
-    exclusive_lock,
-    publish_directory,
-    staging_dir_for,
-    write_parquet,
-)
-from curate.core.errors import InputNotFoundError, OutputExistsError, UserInputError
+from curate.core.atomic import staged_output, write_parquet
+from curate.core.errors import InputNotFoundError, UserInputError
 from curate.core.manifest import Manifest, produced_by
 from curate.eval.external_tags import with_training_data
 from curate.eval.external_tasks import (
@@ -170,13 +164,7 @@ def write_external_results(
     """Publish ``out`` atomically: external_results.parquet, then manifest.json (written last)."""
     out = Path(out).resolve()
     table = imported.table
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-        staging = staging_dir_for(out)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+    with staged_output(out, overwrite=overwrite) as staging:
         write_parquet(staging / EXTERNAL_RESULTS_FILE, table)
         manifest = Manifest(
             name=out.name,
@@ -195,7 +183,6 @@ def write_external_results(
             },
         )
         manifest.write(staging)
-        publish_directory(staging, out, overwrite=overwrite)
     return manifest
 
 

@@ -2,7 +2,7 @@
 
 Every output is written to a temporary sibling and renamed into place, so a reader sees
 either the old file or the complete new one, never a half-written file. Directories
-(pools, candidate pools) are staged the same way: see :func:`staged_directory`.
+(pools, candidate pools) are staged the same way: see :func:`staged_output`.
 """
 
 from __future__ import annotations
@@ -144,3 +144,29 @@ def publish_directory(staging: Path, final: Path, overwrite: bool) -> None:
         _remove(trash)
     else:
         os.replace(staging, final)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path, *, overwrite: bool, resume: bool = False) -> Iterator[Path]:
+    """Lock ``out``; refuse it if it exists unless ``overwrite``; yield its staging folder;
+    publish that folder onto ``out`` when the block ends without an error.
+
+    The staging folder is made fresh (emptied) and removed again if the block raises, unless
+    ``resume``: then it is left as an interrupted run left it (missing, if none did) for the
+    block to resume from, and kept when the block raises.
+    """
+    out = Path(out)
+    with exclusive_lock(out):
+        if out.exists() and not overwrite:
+            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+        staging = staging_dir_for(out)
+        if not resume:
+            _remove(staging)
+            staging.mkdir(parents=True)
+        try:
+            yield staging
+        except BaseException:
+            if not resume:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        publish_directory(staging, out, overwrite=overwrite)

@@ -311,8 +311,8 @@ def reference_in_place(
     import shutil
     import time
 
-    from curate.core.atomic import exclusive_lock, publish_directory, staging_dir_for, write_json
-    from curate.core.errors import InputNotFoundError, OutputExistsError
+    from curate.core.atomic import staged_output, write_json
+    from curate.core.errors import InputNotFoundError
     from curate.core.executor import LocalExecutor
     from curate.core.layout import PoolLayout
     from curate.core.manifest import Manifest, produced_by
@@ -327,36 +327,27 @@ def reference_in_place(
     npz = _check_npz(files, rows)
     total = sum(rows)
     executor = executor or LocalExecutor(workers=1)
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-        staging = staging_dir_for(out)
-        if staging.exists():
-            shutil.rmtree(staging)
+    with staged_output(out, overwrite=overwrite) as staging:
         spill = staging / "_uids"
-        spill.mkdir(parents=True)
+        spill.mkdir()
         index = UidIndex(PoolLayout(staging).uid_index, total, bucket_bits(total))
         index.directory.mkdir()
         first_rows = np.cumsum([0, *rows[:-1]]).tolist()
-        try:
-            uid_tasks = [
-                _UidTask(f, i, first, index.bucket_bits, spill)
-                for i, (f, first) in enumerate(zip(files, first_rows, strict=True))
-            ]
-            for file, count, expected in zip(
-                files, executor.map(_check_uids, uid_tasks, threads_ok=True), rows, strict=True
-            ):
-                if count != expected:
-                    raise IngestError(f"{file}: read {count} uids but its footer says {expected}")
-            located = tuple(zip(files, first_rows, strict=True))
-            bucket_tasks = [_BucketTask(b, spill, index, located) for b in range(index.buckets)]
-            for problem in executor.map(_index_bucket, bucket_tasks, threads_ok=True):
-                if problem is not None:
-                    raise IngestError(problem)
-            index.write_header()
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        uid_tasks = [
+            _UidTask(f, i, first, index.bucket_bits, spill)
+            for i, (f, first) in enumerate(zip(files, first_rows, strict=True))
+        ]
+        for file, count, expected in zip(
+            files, executor.map(_check_uids, uid_tasks, threads_ok=True), rows, strict=True
+        ):
+            if count != expected:
+                raise IngestError(f"{file}: read {count} uids but its footer says {expected}")
+        located = tuple(zip(files, first_rows, strict=True))
+        bucket_tasks = [_BucketTask(b, spill, index, located) for b in range(index.buckets)]
+        for problem in executor.map(_index_bucket, bucket_tasks, threads_ok=True):
+            if problem is not None:
+                raise IngestError(problem)
+        index.write_header()
         shutil.rmtree(spill)
         layout = PoolLayout(staging)
         listing = []
@@ -389,7 +380,6 @@ def reference_in_place(
                 "in_place": {"files": len(files), "npz": npz[0] is not None},
             },
         ).write(staging)
-        publish_directory(staging, out, overwrite=overwrite)
     return IngestResult(
         pool=out,
         format="datacomp",

@@ -8,7 +8,6 @@ staging folder beside OUT and renamed into place when complete.
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,14 +17,9 @@ from pathlib import Path
 import polars as pl
 
 from curate.build_pool.ground_truth import NOISE_COLUMN
-from curate.core.atomic import (
-    exclusive_lock,
-    publish_directory,
-    staging_dir_for,
-    write_text,
-)
+from curate.core.atomic import staged_output, write_text
 from curate.core.candidate_pool import Subset
-from curate.core.errors import OutputExistsError, UserInputError
+from curate.core.errors import UserInputError
 from curate.core.manifest import code_version
 from curate.core.pool import Pool
 from curate.eval.collect import collect_runs
@@ -145,9 +139,7 @@ def build_report(
     out = Path(out) if out is not None else runs_dir / DEFAULT_OUT
     if samples_per_group < 0:
         raise UserInputError(f"--samples must be 0 or more, not {samples_per_group}")
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    with staged_output(out, overwrite=overwrite) as staging:
         step(f"looking for pools, candidate pools and results under {runs_dir}")
         found = discover(runs_dir)
         runs = collect_runs([runs_dir])
@@ -158,11 +150,6 @@ def build_report(
                 "manifest.json) and no scored run (results/<run_id>/results.jsonl); pass the "
                 f"folder that holds the outputs of demo-pool/ingest, build-pool and score{skipped}"
             )
-        staging = staging_dir_for(out)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
-
         anchors = {
             subset.root.resolve(): _anchor("candidate", index, subset.name)
             for index, subset in enumerate(found.subsets)
@@ -200,7 +187,6 @@ def build_report(
         )
         write_text(staging / INDEX, render_page(page))
         files = sorted(p.relative_to(staging) for p in staging.rglob("*") if p.is_file())
-        publish_directory(staging, out, overwrite=True)
     return ReportResult(
         out=out,
         index=out / INDEX,

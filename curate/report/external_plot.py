@@ -13,16 +13,14 @@ model's average ER by training data with the group mean.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from curate.core.atomic import atomic_path, exclusive_lock, publish_directory, staging_dir_for
+from curate.core.atomic import atomic_path, staged_output
 from curate.core.atomic import write_text as write_text_atomic
-from curate.core.errors import OutputExistsError
 from curate.eval.effective_robustness import inverse_logit, logit
 from curate.eval.external_er import AVERAGE, SHIFT_TO_TESTBED, X_AXIS_FALLBACK
 from curate.eval.robustness_by_data import RobustnessByData, markdown_report, write_tables
@@ -193,20 +191,13 @@ def publish_robustness_by_data(
 ) -> list[Path]:
     """Write ``out``: every table (parquet + CSV), ``robustness_by_data.md`` and the figure."""
     out = Path(out).resolve()
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-        staging = staging_dir_for(out)
-        if staging.exists():
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True)
+    with staged_output(out, overwrite=overwrite) as staging:
         written = write_tables(result, staging)
         if figure:
             written.append(plot_external_er(result, staging / FIGURE_NAME))
         report = staging / REPORT_NAME
         write_text_atomic(report, markdown_report(result, FIGURE_NAME if figure else None))
         written.append(report)
-        publish_directory(staging, out, overwrite=overwrite)
     return [out / path.name for path in written]
 
 

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from curate.core.atomic import exclusive_lock, publish_directory, staging_dir_for, write_json
-from curate.core.errors import OutputExistsError
+from curate.core.atomic import staged_output, write_json
 from curate.core.manifest import code_version
 from curate.training.checkpoint import is_complete_checkpoint
 from curate.training.data import TrainingSet, labelled_parquet_training_set, open_training_set
@@ -64,10 +63,7 @@ def train_filter(
     out = Path(out).resolve()
     training_set = trusted_training_set(trusted, caption_templates, row_filter)
     scale = get_scale(scale_name, scales_file)
-    staging = staging_dir_for(out)
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
+    with staged_output(out, overwrite=overwrite, resume=True) as staging:
         info = {
             "trained_on": training_set.identity,
             "scale": scale_name,
@@ -88,5 +84,4 @@ def train_filter(
             )
             info["train"] = outcome.summary()
             write_json(staging / TRAIN_INFO, info)
-        publish_directory(staging, out, overwrite=overwrite)
     return info
