@@ -12,6 +12,7 @@ import curate.core.uid_index as uid_index
 from curate.build_pool.build import build_pool
 from curate.build_pool.recipe import parse_recipe
 from curate.core.executor import LocalExecutor
+from curate.core.pool import Pool
 from curate.core.pool_writer import IngestError
 from curate.core.uid import SUBSET_DTYPE, uids_to_pairs
 from curate.core.uid_index import UidIndex, sorted_bucket
@@ -128,3 +129,26 @@ def test_pool_info_counts_the_index_on_disk(tmp_path):
     reference_in_place(_folder(tmp_path / "meta", sizes=(40, 30)), tmp_path / "pool")
     (info,) = collect_info([tmp_path / "pool"])
     assert info.bytes_on_disk["uid index"] > 70 * 24  # 24 B a row, plus the .npy headers
+
+
+def test_the_last_stages_keep_masks_equal_the_ones_made_from_its_parts(tmp_path, monkeypatch):
+    """The last stage's tasks save each shard's final keep mask; without them (a last stage
+    run in the driver, an older run's stage) the masks are made from every stage's parts."""
+    import curate.build_pool.build as build
+
+    monkeypatch.setattr(uid_index, "BUCKET_ROWS", 100)
+    reference_in_place(_folder(tmp_path / "meta"), tmp_path / "pool")
+    executor = LocalExecutor(workers=2)
+    made = []
+    mark_kept = build._mark_kept
+    monkeypatch.setattr(build, "_mark_kept", lambda task: made.append(task) or mark_kept(task))
+    saved = build_pool(RECIPE, tmp_path / "pool", tmp_path / "a", shard_rows=64, executor=executor)
+    assert made == []  # the stage's own masks were used
+    monkeypatch.setattr(build, "_save_mask", lambda *args: None)
+    rebuilt = build_pool(
+        RECIPE, tmp_path / "pool", tmp_path / "b", shard_rows=64, executor=executor
+    )
+    assert len(made) == len(Pool.open(tmp_path / "pool").table_shards(64))  # a task per shard
+    assert 0 < saved.kept == rebuilt.kept < 750
+    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

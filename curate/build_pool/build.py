@@ -34,7 +34,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +88,7 @@ RESHARD_DIR = "_reshard"  # the resharded pool while it is being written
 KEPT_DIR = "_kept"  # the kept uids, spilled by prefix, while the outputs are written
 GROUND_TRUTH = "ground_truth.parquet"
 PARTS = "parts"  # a stage's decisions, one file per shard, inside its resume directory
+KEPT_MASKS = "kept"  # the recipe's last stage: each shard's rows kept by every stage
 ROW = "row"
 KEPT_BUCKET_ROWS = 4 << 20  # kept uids a sorting task holds at most (16 bytes each)
 UIDS_ROW_GROUP = 1024 * 1024  # pyarrow.parquet.write_table's row group size
@@ -158,6 +159,10 @@ class _Plan:
 
     def parts(self, stage: RecipeStage) -> list[Path]:
         return [self.stage_dir(stage) / PARTS / f"{s.index:06d}.parquet" for s in self.shards]
+
+    def kept_masks(self, stage: RecipeStage) -> list[Path]:
+        """Per shard: a bool per row, kept by ``stage`` and every stage before it."""
+        return [self.stage_dir(stage) / KEPT_MASKS / f"{s.index:06d}.npy" for s in self.shards]
 
 
 def build_pool(
@@ -332,6 +337,7 @@ class _SegmentTask:
     work_dirs: tuple[Path, ...]
     embeddings_name: str | None
     device: str
+    kept_mask: Path | None  # where to save the shard's final keep mask (the last segment)
 
 
 @dataclass(frozen=True)
@@ -370,7 +376,17 @@ def _run_segment(task: _SegmentTask) -> list[_ShardOutcome]:
         report = json.loads(json.dumps(result.report, default=str))
         seconds = time.perf_counter() - started
         outcomes.append(_ShardOutcome(rows_in, rows_out, seconds, report, result.score_column))
+    if task.kept_mask is not None:
+        _save_mask(task.kept_mask, task.rows.shard, rows[ROW].to_numpy())
     return outcomes
+
+
+def _save_mask(path: Path, shard: TableShard, kept_rows: np.ndarray) -> None:
+    """The shard's keep mask (a bool per row) from the pool rows it kept."""
+    keep = np.zeros(shard.rows, dtype=bool)
+    keep[kept_rows.astype(np.int64) - shard.first_row] = True
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, keep)
 
 
 def _run_segment_tasks(
@@ -401,6 +417,10 @@ def _run_segment_tasks(
         (plan.stage_dir(stage) / PARTS).mkdir(parents=True, exist_ok=True)
         work_dirs.append(plan.stage_dir(stage) / "work")
         work_dirs[-1].mkdir(exist_ok=True)
+    masks: list[Path | None] = [None] * len(plan.shards)
+    if segment[-1] is plan.stages[-1]:  # the kept uids need the final keep masks
+        masks = list(plan.kept_masks(segment[-1]))
+        masks[0].parent.mkdir(exist_ok=True)
     tasks = [
         _SegmentTask(
             rows,
@@ -421,6 +441,7 @@ def _run_segment_tasks(
             tuple(work_dirs),
             plan.identity["embeddings_name"],
             plan.device,
+            masks[rows.shard.index],
         )
         for rows in shard_rows
     ]
@@ -603,10 +624,12 @@ def _sort_bucket(task: _SortTask) -> int:
 
 
 def _save_sorted(directory: Path, bucket: int, pairs: np.ndarray) -> None:
-    """A bucket's kept uids in order, as pairs (for uids.npy) and as characters (for
-    uids.parquet: the hex is made here, in the tasks, not in the driver that writes it)."""
-    np.save(directory / f"sorted-{bucket:05d}.npy", pairs)
-    np.save(directory / f"hex-{bucket:05d}.npy", hex_chars(pairs))
+    """A bucket's kept uids, in order, as ``u8,u8`` pairs."""
+    np.save(_sorted_path(directory, bucket), pairs)
+
+
+def _sorted_path(directory: Path, bucket: int) -> Path:
+    return directory / f"sorted-{bucket:05d}.npy"
 
 
 @dataclass(frozen=True)
@@ -623,25 +646,41 @@ class _GatherTask:
     directory: Path
 
 
-def _mark_kept(task: _MarkTask) -> int:
+def _mark_kept(task: _MarkTask) -> None:
     """Map: the shard's keep mask, a bool per row, into a file of its own (tasks on other
     machines never write into one shared file: a page of it could hold two shards' rows)."""
     mask = task.rows.mask()
     keep = np.ones(task.rows.shard.rows, dtype=bool) if mask is None else mask.to_numpy()
     np.save(task.out, keep)
-    return int(keep.sum())
 
 
-def _join_masks(marks: list[_MarkTask], rows: int, kept_file: Path) -> None:
+def _keep_masks(plan: _Plan, shard_rows: list[ShardRows], directory: Path) -> list[Path]:
+    """Per shard, its final keep mask: saved by the last stage's tasks, or made here from
+    every stage's parts (when the last stage ran in the driver or is an older run's)."""
+    if plan.stages:
+        saved = plan.kept_masks(plan.stages[-1])
+        if all(path.is_file() for path in saved):
+            return saved
+    marks = [_MarkTask(rows, directory / f"mask-{i:06d}.npy") for i, rows in enumerate(shard_rows)]
+    list(plan.executor.map(_mark_kept, marks, threads_ok=True))
+    return [mark.out for mark in marks]
+
+
+def _join_masks(masks: list[Path], shards: Sequence[TableShard], kept_file: Path) -> int:
     """The shards' masks, in pool order, as one pool-wide keep file (a byte a row, streamed:
-    one shard's mask in memory at a time)."""
+    one shard's mask in memory at a time); returns the rows kept."""
+    rows = sum(shard.rows for shard in shards)
     kept = np.lib.format.open_memmap(kept_file, mode="w+", dtype=np.bool_, shape=(rows,))
-    for mark in marks:
-        shard = mark.rows.shard
-        kept[shard.first_row : shard.first_row + shard.rows] = np.load(mark.out)
-        mark.out.unlink()
+    count = 0
+    for mask, shard in zip(masks, shards, strict=True):
+        keep = np.load(mask)
+        if keep.shape != (shard.rows,):
+            raise RuntimeError(f"{mask}: {keep.shape} rows, expected {shard.rows}")
+        kept[shard.first_row : shard.first_row + shard.rows] = keep
+        count += int(np.count_nonzero(keep))
     kept.flush()
     del kept
+    return count
 
 
 def _gather_bucket(task: _GatherTask) -> int:
@@ -665,50 +704,53 @@ def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging:
     index = UidIndex.open(plan.pool.root, sum(shard.rows for shard in plan.shards))
     if index is not None:
         kept_file = directory / "kept.npy"
-        marks = [
-            _MarkTask(rows, directory / f"mask-{i:06d}.npy") for i, rows in enumerate(shard_rows)
-        ]
-        spilled = sum(plan.executor.map(_mark_kept, marks, threads_ok=True))
-        _join_masks(marks, index.rows, kept_file)
-        buckets = index.buckets
-        gathers = [_GatherTask(index, b, kept_file, directory) for b in range(buckets)]
-        counts = list(plan.executor.map(_gather_bucket, gathers, threads_ok=True))
+        spilled = _join_masks(_keep_masks(plan, shard_rows, directory), plan.shards, kept_file)
+        gathers = [_GatherTask(index, b, kept_file, directory) for b in range(index.buckets)]
+        finished = plan.executor.map(_gather_bucket, gathers, threads_ok=True)
     else:
         bits = (max(1, -(-kept // KEPT_BUCKET_ROWS)) - 1).bit_length()  # 2**bits buckets
         tasks = [_KeptTask(rows, bits, directory) for rows in shard_rows]
         spilled = sum(plan.executor.map(_spill_kept, tasks, threads_ok=True))
-        buckets = 1 << bits
-        sorts = [_SortTask(bucket, directory) for bucket in range(buckets)]
-        counts = list(plan.executor.map(_sort_bucket, sorts, threads_ok=True))
-    if spilled != kept or sum(counts) != kept:
-        raise RuntimeError(f"kept {kept} samples but wrote {spilled} uids ({sum(counts)} sorted)")
-    layout = SubsetLayout(staging)
-    with atomic_path(layout.uids_npy) as tmp:
-        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=SUBSET_DTYPE, shape=(kept,))
-        start = 0
-        for bucket in range(buckets):
-            pairs = np.load(directory / f"sorted-{bucket:05d}.npy")
-            array[start : start + len(pairs)] = pairs
-            start += len(pairs)
-        array.flush()
-        del array
-    schema = pa.schema([("uid", pa.large_string())])
-    with (
-        atomic_path(layout.uids_parquet) as tmp,
-        pq.ParquetWriter(tmp, schema, **UIDS_WRITE_OPTIONS) as writer,
-    ):
-        for group in _row_groups(_sorted_uids(directory, buckets), UIDS_ROW_GROUP):
-            writer.write_table(pa.table({"uid": group}, schema=schema))
-        if kept == 0:
-            writer.write_table(schema.empty_table())
+        sorts = [_SortTask(bucket, directory) for bucket in range(1 << bits)]
+        finished = plan.executor.map(_sort_bucket, sorts, threads_ok=True)
+    written = _stream_kept_uids(directory, finished, kept, SubsetLayout(staging))
+    if spilled != kept or written != kept:
+        raise RuntimeError(f"kept {kept} samples but wrote {spilled} uids ({written} sorted)")
     shutil.rmtree(directory)
 
 
-def _sorted_uids(directory: Path, buckets: int) -> Iterator[pa.Array]:
-    for bucket in range(buckets):
-        chars = np.load(directory / f"hex-{bucket:05d}.npy")
-        if len(chars):
-            yield hex_chars_to_arrow(chars)
+def _stream_kept_uids(
+    directory: Path, finished: Iterator[int], kept: int, layout: SubsetLayout
+) -> int:
+    """Append each bucket's sorted uids to uids.npy and uids.parquet as soon as its task
+    finishes (``finished``: the tasks' counts, in bucket order), so writing overlaps the
+    tasks still running; returns the uids written."""
+    schema = pa.schema([("uid", pa.large_string())])
+    written = 0
+    with (
+        atomic_path(layout.uids_npy) as npy_tmp,
+        open(npy_tmp, "wb") as npy,
+        atomic_path(layout.uids_parquet) as parquet_tmp,
+        pq.ParquetWriter(parquet_tmp, schema, **UIDS_WRITE_OPTIONS) as writer,
+    ):
+        descr = np.lib.format.dtype_to_descr(SUBSET_DTYPE)
+        header = {"descr": descr, "fortran_order": False, "shape": (kept,)}
+        np.lib.format.write_array_header_1_0(npy, header)  # the header np.save writes
+
+        def characters() -> Iterator[pa.Array]:
+            nonlocal written
+            for bucket, _ in enumerate(finished):
+                pairs = np.load(_sorted_path(directory, bucket))
+                npy.write(pairs.data)
+                written += len(pairs)
+                if len(pairs):
+                    yield hex_chars_to_arrow(hex_chars(pairs))
+
+        for group in _row_groups(characters(), UIDS_ROW_GROUP):
+            writer.write_table(pa.table({"uid": group}, schema=schema))
+        if written == 0:
+            writer.write_table(schema.empty_table())
+    return written
 
 
 def _row_groups(arrays: Iterator[pa.Array], size: int) -> Iterator[pa.ChunkedArray]:

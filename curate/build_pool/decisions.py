@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.core.arrow_numpy import numpy_array, numpy_values, string_array
 from curate.core.atomic import atomic_path
 from curate.core.decisions_view import METADATA_KEY, CompactInfo
 from curate.filters.registry import StageResult
@@ -38,6 +39,10 @@ WRITE_OPTIONS = {
     "use_dictionary": ["reason"],
     "column_encoding": {"row": "DELTA_BINARY_PACKED", "score": "BYTE_STREAM_SPLIT"},
 }
+# parts are read whole, once: no statistics (a third of their write time); the file keeps
+# them where a reader prunes row groups, on the stage and the row
+PART_WRITE_OPTIONS = {**WRITE_OPTIONS, "write_statistics": False}
+FILE_WRITE_OPTIONS = {**WRITE_OPTIONS, "write_statistics": ["stage_index", "row"]}
 
 
 class StageAnswerError(RuntimeError):
@@ -73,32 +78,32 @@ def write_part(
         selected = ~keep
     positions = np.flatnonzero(selected)
     if isinstance(result.reason, str):  # one reason: the dictionary's only value
-        indices = pa.array(np.zeros(len(positions), dtype=np.int32), mask=keep[positions])
-        reasons = pa.DictionaryArray.from_arrays(indices, pa.array([result.reason], pa.string()))
+        indices = numpy_array(np.zeros(len(positions), dtype=np.int32), keep[positions])
+        reasons = pa.DictionaryArray.from_arrays(indices, string_array([result.reason]))
     else:
         all_reasons = _reasons(stage, result.reason, keep, n)
-        reasons = all_reasons.take(pa.array(positions, pa.int64()))
+        reasons = all_reasons.take(numpy_array(positions.astype(np.int64)))
     table = pa.table(
         {
-            "row": pa.array(rows.cast(pl.UInt64).to_numpy()[positions], pa.uint64()),
-            "kept": pa.array(keep[positions], pa.bool_()),
+            "row": numpy_array(rows.cast(pl.UInt64).to_numpy()[positions]),
+            "kept": numpy_array(keep[positions]),
             "reason": reasons,
-            "score": pa.array(score[positions], pa.float32())
+            "score": numpy_array(score[positions])
             if score is not None
             else pa.nulls(len(positions), pa.float32()),
         },
         schema=PART_SCHEMA,
     )
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **WRITE_OPTIONS)
+        pq.write_table(table, tmp, **PART_WRITE_OPTIONS)
     return n, int(keep.sum())
 
 
 def _reasons(stage: str, reason: object, keep: np.ndarray, n: int) -> pa.DictionaryArray:
     """Per row: its reason where removed, null where kept, as a dictionary array."""
     if isinstance(reason, str):
-        indices = pa.array(np.zeros(n, dtype=np.int32), mask=keep)
-        return pa.DictionaryArray.from_arrays(indices, pa.array([reason], pa.string()))
+        indices = numpy_array(np.zeros(n, dtype=np.int32), keep)
+        return pa.DictionaryArray.from_arrays(indices, string_array([reason]))
     if isinstance(reason, pl.Series):
         values = reason.cast(pl.String).to_arrow()
     else:
@@ -112,14 +117,14 @@ def _reasons(stage: str, reason: object, keep: np.ndarray, n: int) -> pa.Diction
     encoded = values.dictionary_encode()
     if not isinstance(encoded, pa.DictionaryArray):  # a ChunkedArray from a chunked Series
         encoded = encoded.combine_chunks()
-    indices = pa.array(encoded.indices.to_numpy(zero_copy_only=False), mask=keep, type=pa.int32())
+    indices = numpy_array(numpy_values(encoded.indices, null_as=0).astype(np.int32), keep)
     return pa.DictionaryArray.from_arrays(indices, encoded.dictionary)
 
 
 def part_counts(path: Path) -> int:
     """Rows the part says its stage removed."""
-    table = pq.read_table(path, columns=["kept"])
-    return int(len(table) - table.column("kept").to_numpy(zero_copy_only=False).sum())
+    table = pq.ParquetFile(path).read(columns=["kept"])
+    return int(len(table) - numpy_values(table.column("kept")).sum())
 
 
 def assemble(
@@ -136,7 +141,7 @@ def assemble(
     same bytes however the pool was cut into shards."""
     schema = SCHEMA.with_metadata({METADATA_KEY: info.to_json().encode("utf-8")})
     written = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **WRITE_OPTIONS) as writer:
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **FILE_WRITE_OPTIONS) as writer:
         for group in _row_groups(_tables(stages, schema), row_group_rows):
             writer.write_table(_normal_reasons(group))
             written += group.num_rows
@@ -148,9 +153,9 @@ def assemble(
 def _tables(stages: Sequence[tuple[int, Sequence[Path]]], schema: pa.Schema) -> Iterator[pa.Table]:
     for index, parts in stages:
         for part in parts:
-            table = pq.read_table(part, schema=PART_SCHEMA)
+            table = pq.ParquetFile(part).read().cast(PART_SCHEMA)
             if len(table):
-                stage_index = pa.array(np.full(len(table), index, np.uint16))
+                stage_index = numpy_array(np.full(len(table), index, np.uint16))
                 yield table.add_column(0, "stage_index", stage_index).cast(schema)
 
 
@@ -173,19 +178,15 @@ def _row_groups(tables: Iterator[pa.Table], size: int) -> Iterator[pa.Table]:
 def _normal_reasons(group: pa.Table) -> pa.Table:
     """The group with one reason dictionary: the values it uses, in order of first use."""
     column = group.column("reason").unify_dictionaries()
-    dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
+    dictionary = column.chunk(0).dictionary if column.num_chunks else string_array([])
     indices = pa.chunked_array(
         [chunk.indices for chunk in column.chunks], type=pa.int32()
     ).combine_chunks()
-    used = pc.unique(indices.drop_null()).to_numpy(zero_copy_only=False).astype(np.int64)
+    used = numpy_values(pc.unique(indices.drop_null())).astype(np.int64)
     remap = np.zeros(len(dictionary), dtype=np.int32)
     remap[used] = np.arange(len(used), dtype=np.int32)
-    values = indices.to_numpy(zero_copy_only=False)
-    valid = ~np.asarray(indices.is_null())
-    new_indices = pa.array(
-        np.where(valid, remap[np.where(valid, values, 0).astype(np.int64)], 0),
-        pa.int32(),
-        mask=~valid,
-    )
-    reasons = pa.DictionaryArray.from_arrays(new_indices, dictionary.take(pa.array(used)))
+    null = numpy_values(indices.is_null())
+    values = numpy_values(indices, null_as=0).astype(np.int64)
+    new_indices = numpy_array(np.where(null, 0, remap[values]), null)
+    reasons = pa.DictionaryArray.from_arrays(new_indices, dictionary.take(numpy_array(used)))
     return group.set_column(group.schema.get_field_index("reason"), "reason", reasons)
