@@ -42,7 +42,8 @@ CPU-seconds flat).
     python bench/bench_faiss_stages.py                                  # 1M x 768
     python bench/bench_faiss_stages.py --rows 200000 --recall-sample 2000
     python bench/bench_faiss_stages.py --rows 12800000 --skip near_dedup,exact   # image_based
-    python bench/bench_faiss_stages.py --rows 12800000 --skip image_based --nprobe 4 --recall-sample 2000
+    python bench/bench_faiss_stages.py --rows 12800000 --skip image_based --nprobe 4 \
+        --recall-sample 2000
     python bench/bench_faiss_stages.py --compare-sharded --rows 40000 --dim 512 --shard-rows 8192
 """
 
