@@ -196,6 +196,8 @@ def print_summary(result: Any) -> None:
         f"[bold green]{report['accepted']:,}[/] samples ingested into {kind} {result.pool} "
         f"in {result.seconds:.1f}s; [bold]{report['skipped']:,}[/] skipped"
     )
+    for note in report.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     stats = report.get("source_stats", {}).get("img2dataset")
     if stats:
         console.print(

@@ -146,7 +146,10 @@ def test_embedding_stages_give_the_copied_pools_bytes(pools, tmp_path, embedding
 
 def test_deflated_npz_is_a_one_line_error_naming_it(tmp_path):
     _metadata_folder(tmp_path / "meta", sizes=SIZES, compressed=(False, True, False))
-    reference_in_place(tmp_path / "meta", tmp_path / "pool")  # ingest reads deflated headers
+    result = reference_in_place(tmp_path / "meta", tmp_path / "pool")  # deflated headers read
+    (note,) = result.report["notes"]  # ingest says so at once, naming a file and --copy
+    assert note.startswith("1 of 3 .npz files are compressed") and "--copy" in note
+    assert str(tmp_path / "meta" / "00000001.npz") in note
     assert list_embeddings(tmp_path / "pool") == ["datacomp-b32", "datacomp-l14"]
     with pytest.raises(UserInputError) as caught:
         load_embeddings(tmp_path / "pool", "datacomp-b32")

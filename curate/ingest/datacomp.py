@@ -287,6 +287,24 @@ def _check_npz(files: list[Path], rows: list[int]) -> list[Path | None]:
     return [f.with_suffix(".npz") for f in files]
 
 
+def _compressed_npz_note(npz: list[Path | None]) -> str | None:
+    """A note when some .npz are deflated (np.savez_compressed): the table stages use the pool
+    in place, the embedding stages cannot read those files where they are."""
+    compressed = []
+    for path in npz:
+        if path is not None:
+            with zipfile.ZipFile(path) as archive:
+                if any(i.compress_type != zipfile.ZIP_STORED for i in archive.infolist()):
+                    compressed.append(path)
+    if not compressed:
+        return None
+    return (
+        f"{len(compressed)} of {len(npz)} .npz files are compressed (np.savez_compressed), "
+        f"e.g. {compressed[0]}: stages that read the pool's columns use it in place, but the "
+        "embedding stages cannot read those files where they are; ingest with --copy to use them"
+    )
+
+
 def reference_in_place(
     source: Path | str,
     out: Path | str,
@@ -367,6 +385,8 @@ def reference_in_place(
             listing.append(entry)
         write_json(layout.sample_files, {"columns": columns, "files": listing})
         report = {"accepted": total, "skipped": 0, "skipped_by_reason": {}, "skip_examples": []}
+        if (note := _compressed_npz_note(npz)) is not None:
+            report["notes"] = [note]
         write_json(layout.ingest_report, report)
         record = {"type": "datacomp", "path": str(source.resolve()), "in_place": True}
         Manifest(
