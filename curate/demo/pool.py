@@ -499,15 +499,18 @@ def write_demo_plan(
     out = Path(out)
     extras = [column for column in GROUND_TRUTH_COLUMNS if column in plan.samples.columns]
     # origin_path: the image's path inside the shipped demo data file it came from
-    with PoolWriter(
-        out,
-        name=out.name,
-        source={"type": "demo", **params},
-        command="demo-pool",
-        params=params,
-        samples_per_shard=samples_per_shard,
-        overwrite=overwrite,
-    ) as writer, progress_bar(plan.samples.height, description, show_progress) as advance:
+    with (
+        PoolWriter(
+            out,
+            name=out.name,
+            source={"type": "demo", **params},
+            command="demo-pool",
+            params=params,
+            samples_per_shard=samples_per_shard,
+            overwrite=overwrite,
+        ) as writer,
+        progress_bar(plan.samples.height, description, show_progress) as advance,
+    ):
         for i, row in enumerate(plan.samples.iter_rows(named=True)):
             advance(1)
             writer.add(

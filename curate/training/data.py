@@ -235,8 +235,6 @@ def labelled_parquet_training_set(
     return TrainingSet(texts, InlineImages(table["image_bytes"].to_list()), identity)
 
 
-
-
 def _identity(root: Path, manifest: Any, uids: pl.Series) -> dict[str, Any]:
     """Pool identity: the pool id is the sha256 of the sorted kept uids, one per line."""
     joined = "\n".join(uids.sort().to_list()).encode("utf-8")
