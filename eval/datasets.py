@@ -144,5 +144,3 @@ def _wds(
     if not tars:
         raise UserInputError(f"{path}: no .tar shards (expected {path}/test/*.tar)")
     return TaskData(None, tars, None, classnames, templates, None, str(path))
-
-
