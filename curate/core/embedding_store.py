@@ -23,15 +23,15 @@ import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import polars as pl
-from numpy.lib import format as npy_format
 
 from curate.core.atomic import write_parquet
 from curate.core.errors import InputNotFoundError, UserInputError
 from curate.core.layout import EmbeddingLayout, PoolLayout
+from curate.core.npy_header import NpyHeader, read_npy_header
 
 # set name -> (npz key of image vectors, npz key of text vectors, model identity): DataComp's
 # precomputed OpenAI CLIP embeddings, one .npz per metadata parquet, row-aligned with it
@@ -106,8 +106,7 @@ class EmbeddingParts:
         """A whole ``.npy`` file, returned as stored."""
         path = Path(path)
         with open(path, "rb") as handle:
-            shape, dtype = read_npy_header(handle, str(path))
-            offset = handle.tell()
+            shape, dtype, _, offset = c_order_header(handle, str(path))
         if len(shape) != 2:
             raise UserInputError(f"{path}: expected a 2-D array, found shape {shape}")
         return cls((ArrayPart(path, offset, shape[0], str(path)),), shape[1], dtype.str, False)
@@ -198,17 +197,13 @@ class Embeddings:
     meta: dict[str, Any]
 
 
-def read_npy_header(handle: Any, where: str) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the ``.npy`` data at ``handle``'s position, which it leaves at
-    the data's first byte; C order only."""
-    version = npy_format.read_magic(handle)
-    read_header = (
-        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-    )
-    shape, fortran_order, dtype = read_header(handle)
-    if fortran_order:
+def c_order_header(handle: IO[bytes], where: str) -> NpyHeader:
+    """The header of the ``.npy`` data at ``handle``'s position (:func:`read_npy_header`); a
+    Fortran-ordered array is a :class:`UserInputError` naming ``where``."""
+    header = read_npy_header(handle)
+    if header.fortran_order:
         raise UserInputError(f"{where}: Fortran-ordered arrays are not supported")
-    return tuple(shape), dtype
+    return header
 
 
 def npz_member(path: Path, key: str) -> tuple[ArrayPart, tuple[int, ...], np.dtype]:
@@ -239,8 +234,7 @@ def npz_member(path: Path, key: str) -> tuple[ArrayPart, tuple[int, ...], np.dty
         name_length, extra_length = struct.unpack("<HH", local[26:30])
         start = info.header_offset + 30 + name_length + extra_length
         handle.seek(start)
-        shape, dtype = read_npy_header(handle, f"{path}:{member}")
-        offset = handle.tell()
+        shape, dtype, _, offset = c_order_header(handle, f"{path}:{member}")
     if len(shape) != 2 or dtype.kind != "f":
         raise UserInputError(f"{path}:{member}: expected a 2-d float array, got {dtype} {shape}")
     if offset - start + shape[0] * shape[1] * dtype.itemsize > info.file_size:

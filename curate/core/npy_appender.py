@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from numpy.lib import format as npy_format
+
+from curate.core.npy_header import NpyHeader, read_npy_header
 
 
 def _header(dtype: np.dtype, rows: int, dim: int) -> bytes:
@@ -25,15 +28,11 @@ def _header(dtype: np.dtype, rows: int, dim: int) -> bytes:
     return buffer.getvalue()
 
 
-def _read_header(handle) -> tuple[tuple[int, ...], np.dtype, int]:
-    version = npy_format.read_magic(handle)
-    if version == (1, 0):
-        shape, fortran_order, dtype = npy_format.read_array_header_1_0(handle)
-    else:
-        shape, fortran_order, dtype = npy_format.read_array_header_2_0(handle)
-    if fortran_order or len(shape) != 2:
-        raise ValueError(f"{handle.name}: expected a C-order 2-d array, got shape {shape}")
-    return shape, dtype, handle.tell()
+def _read_header(handle: IO[bytes]) -> NpyHeader:
+    header = read_npy_header(handle)
+    if header.fortran_order or len(header.shape) != 2:
+        raise ValueError(f"{handle.name}: expected a C-order 2-d array, got shape {header.shape}")
+    return header
 
 
 class NpyAppender:
@@ -50,7 +49,7 @@ class NpyAppender:
         self.rows = rows
         if self.path.exists():
             with open(self.path, "rb") as handle:
-                shape, file_dtype, offset = _read_header(handle)
+                shape, file_dtype, _, offset = _read_header(handle)
             if shape[1] != dim or file_dtype != self.dtype:
                 raise ValueError(
                     f"{self.path}: staged array is {file_dtype}[{shape[1]}], expected "
@@ -109,7 +108,7 @@ def compact_rows(path: Path, keep: np.ndarray, rows_per_chunk: int = 65_536) -> 
     dim, dtype = array.shape[1], array.dtype
     del array
     with open(path, "r+b") as handle:
-        _, _, offset = _read_header(handle)
+        offset = _read_header(handle).offset
         header = _header(dtype, write, dim)
         if len(header) != offset:
             raise AssertionError(f"{path}: .npy header size changed")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from curate.core.atomic import atomic_path
-from curate.core.embedding_store import ArrayPart, EmbeddingParts, read_npy_header, unit_rows
+from curate.core.embedding_store import ArrayPart, EmbeddingParts, c_order_header, unit_rows
 
 BLOCK_ROWS = 8192  # rows per FAISS call (curate.dedup.knn.QUERY_BATCH)
 TASK_ROWS = 32 * BLOCK_ROWS  # rows per executor task: 262,144 (805 MB of float32 at 768-d)
@@ -52,8 +52,7 @@ class NpyFile:
     def open(cls, path: Path | str) -> NpyFile:
         path = Path(path)
         with open(path, "rb") as handle:
-            shape, dtype = read_npy_header(handle, str(path))
-            offset = handle.tell()
+            shape, dtype, _, offset = c_order_header(handle, str(path))
         return cls((ArrayPart(path, offset, shape[0], str(path)),), shape, dtype.str)
 
     @classmethod

@@ -19,14 +19,14 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
-from numpy.lib import format as npy_format
 
 from curate.core.embedding_store import DATACOMP_NPZ_SETS
+from curate.core.npy_header import read_npy_header
 from curate.core.pool_writer import IngestError, PartEmbeddings
 from curate.core.uid_index import UidIndex, bucket_bits, bucket_of, sorted_bucket
 from curate.ingest.base import IngestOptions, MetadataPart, MetadataParts
@@ -67,12 +67,8 @@ class NpzMember:
                 yield np.frombuffer(data, dtype=self.dtype).reshape(count, self.dim)
 
 
-def _npy_header(handle, where: str) -> tuple[tuple[int, ...], np.dtype]:
-    version = npy_format.read_magic(handle)
-    read_header = (
-        npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
-    )
-    shape, fortran_order, dtype = read_header(handle)
+def _npy_header(handle: IO[bytes], where: str) -> tuple[tuple[int, ...], np.dtype]:
+    shape, dtype, fortran_order, _ = read_npy_header(handle)
     if fortran_order or len(shape) != 2 or dtype.kind != "f":
         raise IngestError(f"{where}: expected a 2-d float array in C order, got {dtype} {shape}")
     return shape, dtype
