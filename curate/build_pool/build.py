@@ -50,15 +50,13 @@ from curate.build_pool.ground_truth import NOISE_COLUMN, ground_truth_report
 from curate.build_pool.recipe import Recipe, RecipeStage, bind_to_pool, check_columns
 from curate.core.atomic import (
     atomic_path,
-    exclusive_lock,
-    publish_directory,
-    staging_dir_for,
+    staged_output,
     write_json,
     write_parquet,
     write_text,
 )
 from curate.core.decisions_view import CompactInfo, StageEntry, scan_decisions
-from curate.core.errors import InputNotFoundError, OutputExistsError, UserInputError
+from curate.core.errors import InputNotFoundError, UserInputError
 from curate.core.executor import Executor, LocalExecutor
 from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, produced_by
@@ -202,10 +200,7 @@ def build_pool(
             "drop --reshard or download the images first"
         )
     executor = executor or LocalExecutor(workers=1)
-    with exclusive_lock(out):
-        if out.exists() and not overwrite:
-            raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it")
-        staging = staging_dir_for(out)
+    with staged_output(out, overwrite=overwrite, resume=True) as staging:
         resume = staging / RESUME_DIR
         resume.mkdir(parents=True, exist_ok=True)
         plan = _Plan(
@@ -250,7 +245,6 @@ def build_pool(
             _reshard(pool, survivors, staging, identity, samples_per_shard, observer, executor)
         shutil.rmtree(resume)
         _manifest(out, pool, recipe, identity, kept, reshard, stage_stats).write(staging)
-        publish_directory(staging, out, overwrite=overwrite)
     return BuildResult(out, pool_count, kept, tuple(stage_stats), report)
 
 
