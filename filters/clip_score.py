@@ -30,7 +30,10 @@ The threshold is computed ``over: pool`` (every row of ``samples.parquet``, Data
 whole-pool semantics, whatever stages ran before) or ``over: remaining`` (only the rows this
 stage receives). Scores come from a ``column`` of ``samples.parquet`` (e.g.
 ``clip_l14_similarity_score`` of a DataComp metadata pool) or from an embedding set's
-``clip_score.parquet`` (written by ``curate embed``).
+``clip_score.parquet`` (written by ``curate embed``, or by ingest ``--copy`` of DataComp's
+``.npz``); a DataComp set a pool uses in place has none, and its scores are computed from its
+``.npz`` as ``--copy`` computes them (every embedding read, each pass: DataComp's own score
+columns are far cheaper).
 
 :func:`select_by_clip_score` applies the same rule to a directory of DataComp metadata
 parquet files directly, reading only the score column and then only the kept uids.
@@ -48,7 +51,13 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from curate.core.embedding_store import MissingEmbeddingsError, embedding_layout, list_embeddings
+from curate.core.embedding_store import (
+    EmbeddingParts,
+    MissingEmbeddingsError,
+    embedding_layout,
+    embedding_parts,
+    list_embeddings,
+)
 from curate.core.errors import UserInputError
 from curate.core.layout import PoolLayout
 from curate.core.uid import halves_to_pairs, sort_pairs, uid_halves
@@ -134,12 +143,25 @@ def passes(scores: np.ndarray, threshold: float) -> np.ndarray:
     return scores >= scores.dtype.type(threshold)
 
 
+InPlaceSet = tuple[EmbeddingParts, EmbeddingParts]
+"""A DataComp set's image and text parts, used in place (the pool has no clip_score.parquet)."""
+
+
 def row_scores(context: StageContext, source: ScoreSourceParams) -> np.ndarray:
     """Scores of ``context.rows``, in row order (NaN where missing)."""
     if source.column is not None:
         return _column(context.rows, source.column, "the stage's rows").to_numpy()
-    path = _clip_score_path(context, source.embeddings)
-    return embedding_scores(path, context.rows)
+    return _set_scores(_score_source(context, source.embeddings), context.rows)
+
+
+def _set_scores(source: Path | InPlaceSet, rows: pl.DataFrame) -> np.ndarray:
+    """An embedding set's scores of ``rows`` (columns ``row``, ``uid``): from its
+    clip_score.parquet, or computed from the ``.npz`` the pool uses in place."""
+    if isinstance(source, Path):
+        return embedding_scores(source, rows)
+    from curate.filters.dedup_inputs import in_place_clip_scores
+
+    return in_place_clip_scores(rows["row"].to_numpy(), *source)
 
 
 def embedding_scores(path: Path, rows: pl.DataFrame) -> np.ndarray:
@@ -174,9 +196,23 @@ def pool_score_blocks(context: StageContext, source: ScoreSourceParams) -> tuple
     if source.column is not None:
         path, column = PoolLayout(context.pool_root).samples, source.column
     else:
-        path, column = _clip_score_path(context, source.embeddings), "clip_score"
+        path, column = _score_source(context, source.embeddings), "clip_score"
+    if isinstance(path, tuple):  # a DataComp set used in place: scores from its .npz
+        rows = sum(part.rows for part in path[0].parts)
+        return rows, _in_place_score_blocks(path, rows)
     _column(pl.DataFrame(schema=pl.read_parquet_schema(path)), column, str(path))
     return parquet_rows([path]), parquet_score_blocks([path], column)
+
+
+def _in_place_score_blocks(source: InPlaceSet, rows: int) -> ScoreBlocks:
+    from curate.filters.dedup_inputs import in_place_clip_scores
+
+    def read() -> Iterator[np.ndarray]:
+        for start in range(0, rows, BLOCK_ROWS):
+            block = np.arange(start, min(start + BLOCK_ROWS, rows), dtype=np.int64)
+            yield in_place_clip_scores(block, *source)
+
+    return read
 
 
 def parquet_rows(paths: Sequence[Path]) -> int:
@@ -224,7 +260,9 @@ def _column(table: pl.DataFrame, name: str, where: str) -> pl.Series:
     return column.cast(pl.Float64) if column.dtype.is_integer() else column
 
 
-def _clip_score_path(context: StageContext, name: str | None) -> Path:
+def _score_source(context: StageContext, name: str | None) -> Path | InPlaceSet:
+    """Where an embedding set's scores are: its clip_score.parquet, or (a DataComp set the
+    pool uses in place) its image and text ``.npz`` members, from which they are computed."""
     available = list_embeddings(context.pool_root)
     name = name or context.embeddings_name
     if name is None:
@@ -235,6 +273,10 @@ def _clip_score_path(context: StageContext, name: str | None) -> Path:
             )
         name = available[0]
     path = embedding_layout(context.pool_root, name).clip_score
+    if not path.is_file() and name in available:
+        _, image, text = embedding_parts(context.pool_root, name)
+        if image.normalize and text is not None:  # .npz used in place
+            return image, text
     if not path.is_file():
         raise MissingEmbeddingsError(
             f"{path} not found (embedding sets: {available or 'none'}); run `curate embed` first"
@@ -274,7 +316,7 @@ class _ScoreTask:
     rows: object  # curate.core.pool.ShardRows
     over: str
     column: str | None
-    clip_score_path: Path | None
+    scores_from: Path | InPlaceSet | None  # the embedding set's scores, without a column
 
 
 def _shard_scores(task: _ScoreTask) -> np.ndarray:
@@ -283,8 +325,8 @@ def _shard_scores(task: _ScoreTask) -> np.ndarray:
     if task.column is not None:
         where = str(shard_rows.shard.path)  # type: ignore[attr-defined]
         return _column(reader.read([task.column]), task.column, where).to_numpy()
-    assert task.clip_score_path is not None
-    return embedding_scores(task.clip_score_path, reader.read(["uid"]))
+    assert task.scores_from is not None
+    return _set_scores(task.scores_from, reader.read(["uid"]))
 
 
 def _answer_shard(job: tuple[_ScoreTask, Query]) -> Answer:
@@ -295,7 +337,7 @@ def _answer_shard(job: tuple[_ScoreTask, Query]) -> Answer:
 def prepare_threshold(context: PlanContext, params: ClipScoreParams) -> tuple[float, int]:
     """The fraction's threshold as map -> reduce: every pass of the selection is one task
     per shard (:func:`_answer_shard`), the driver adds their answers."""
-    path = None
+    source = None
     if params.column is None:
         stage_context = StageContext(
             rows=pl.DataFrame(),
@@ -304,8 +346,8 @@ def prepare_threshold(context: PlanContext, params: ClipScoreParams) -> tuple[fl
             work_dir=context.work_dir,
             embeddings_name=context.embeddings_name,
         )
-        path = _clip_score_path(stage_context, params.embeddings)
-    tasks = [_ScoreTask(rows, params.over, params.column, path) for rows in context.survivors]
+        source = _score_source(stage_context, params.embeddings)
+    tasks = [_ScoreTask(rows, params.over, params.column, source) for rows in context.survivors]
 
     rows = 0
 

@@ -112,7 +112,7 @@ def clip_scores(ctx: StageContext) -> np.ndarray:
         return ctx.rows["clip_score"].cast(pl.Float64).to_numpy()
     name, image, text = set_parts(ctx)
     if image.normalize and text is not None:  # .npz used in place: no clip_score.parquet
-        return _clip_scores_in_place(ctx, NpyFile.of(image), NpyFile.of(text))
+        return in_place_clip_scores(ctx.rows["row"].to_numpy(), image, text).astype(np.float64)
     path = embedding_layout(ctx.pool_root, name).clip_score
     if not path.is_file():
         raise UserInputError(
@@ -124,15 +124,21 @@ def clip_scores(ctx: StageContext) -> np.ndarray:
     return joined["clip_score"].cast(pl.Float64).to_numpy()
 
 
-def _clip_scores_in_place(ctx: StageContext, image: NpyFile, text: NpyFile) -> np.ndarray:
-    """The rows' CLIP scores computed from the ``.npz`` as ``--copy`` computes the
-    clip_score.parquet it writes (same float16 unit vectors, same float32 dot product)."""
-    rows = ctx.rows["row"].to_numpy().astype(np.int64, copy=False)
+def in_place_clip_scores(
+    rows: np.ndarray, image: EmbeddingParts, text: EmbeddingParts
+) -> np.ndarray:
+    """Float32 CLIP scores of pool ``rows`` computed from the ``.npz`` a pool uses in place,
+    as ``--copy`` computes the clip_score.parquet it writes (same float16 unit vectors, same
+    float32 dot product), block by block."""
+    rows = rows.astype(np.int64, copy=False)
+    image_file, text_file = NpyFile.of(image), NpyFile.of(text)
     scores = np.empty(len(rows), dtype=np.float32)
     for start in range(0, len(rows), BLOCK_ROWS):
         block = rows[start : start + BLOCK_ROWS]
-        scores[start : start + BLOCK_ROWS] = clip_score_rows(image.take(block), text.take(block))
-    return scores.astype(np.float64)
+        scores[start : start + BLOCK_ROWS] = clip_score_rows(
+            image_file.take(block), text_file.take(block)
+        )
+    return scores
 
 
 def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text: str) -> np.ndarray:

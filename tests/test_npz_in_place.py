@@ -17,6 +17,7 @@ from curate.core.embedding_store import (
     load_embeddings,
 )
 from curate.core.errors import UserInputError
+from curate.core.executor import LocalExecutor
 from curate.dedup.blocks import NpyFile
 from curate.ingest import ingest
 from curate.ingest.datacomp import reference_in_place
@@ -140,6 +141,25 @@ def test_embedding_stages_give_the_copied_pools_bytes(pools, tmp_path, embedding
     assert all(stages[n].removed > 0 for n in ("decontaminate", "near_dedup", "semdedup"))
     assert 0 < stages["image_based"].rows_out < stages["image_based"].rows_in
     assert [s.rows_out for s in a.stages] == [s.rows_out for s in b.stages]
+    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("over", ["pool", "remaining"])
+def test_clip_score_from_an_in_place_set_equals_the_copied_pools(pools, tmp_path, over):
+    """No clip_score.parquet in place: the scores are computed from the .npz as --copy
+    computes the file (the threshold's passes on the executor, then the apply pass)."""
+    text = (
+        "name: cs\nstages:\n  - stage: basic\n    params: {min_words: 1}\n"
+        "  - stage: clip_score\n"
+        f"    params: {{fraction: 0.4, embeddings: datacomp-l14, over: {over}}}\n"
+    )
+    recipe = parse_recipe(text, source="cs.yaml")
+    executor = LocalExecutor(workers=2)
+    a = build_pool(recipe, pools / "in_place", tmp_path / "a", shard_rows=100, executor=executor)
+    b = build_pool(recipe, pools / "copied", tmp_path / "b", shard_rows=100, executor=executor)
+    assert 0 < a.kept == b.kept < sum(SIZES)
+    assert not (pools / "in_place" / "embeddings").exists()  # nothing written into the pool
     for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
