@@ -16,9 +16,11 @@ from rich.console import Console
 import curate.cli.commands  # noqa: F401  (registers every command)
 from curate.cli.app import app
 from curate.core.errors import USER_ERRORS
+from curate.core.malloc import keep_freed_blocks
 
 
 def main() -> None:
+    keep_freed_blocks()
     try:
         app()
     except USER_ERRORS as error:

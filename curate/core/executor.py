@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from curate.core.errors import UserInputError
+from curate.core.malloc import keep_freed_blocks
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -232,6 +233,7 @@ def _start_worker(threads: int) -> None:
     read these variables when they load)."""
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
+    keep_freed_blocks()
     if "torch" in sys.modules:  # imported already by the main module
         sys.modules["torch"].set_num_threads(threads)
     # a killed parent leaves its pool's workers waiting forever on their task queue
