@@ -121,12 +121,6 @@ def _reasons(stage: str, reason: object, keep: np.ndarray, n: int) -> pa.Diction
     return pa.DictionaryArray.from_arrays(indices, encoded.dictionary)
 
 
-def part_counts(path: Path) -> int:
-    """Rows the part says its stage removed."""
-    table = pq.ParquetFile(path).read(columns=["kept"])
-    return int(len(table) - numpy_values(table.column("kept")).sum())
-
-
 def assemble(
     path: Path,
     stages: Sequence[tuple[int, Sequence[Path]]],
