@@ -1,5 +1,4 @@
 import numpy as np
-import polars as pl
 import pytest
 
 from curate.core.uid import (
@@ -10,8 +9,6 @@ from curate.core.uid import (
     save_subset,
     sort_pairs,
     to_subset_array,
-    uid_series_to_pairs,
-    uids_to_pairs,
 )
 
 
@@ -31,15 +28,6 @@ def test_subset_round_trip_matches_datacomp_reference(tmp_path):
 def test_bad_uid_is_named():
     with pytest.raises(ValueError, match="'xyz'"):
         to_subset_array(["xyz"])
-
-
-def test_uid_series_to_pairs_matches_the_list_conversion():
-    uids = [make_uid("c", str(i)) for i in range(1000)] + ["ffffffffffffffff0000000000000001"]
-    assert np.array_equal(uid_series_to_pairs(pl.Series(uids)), uids_to_pairs(uids))
-    assert np.array_equal(uid_series_to_pairs(pl.Series(uids[7:57])), uids_to_pairs(uids[7:57]))
-    for bad in ("abc", uids[0][:-1] + "g", uids[0] + "0", None):
-        with pytest.raises(ValueError, match=repr(bad)):
-            uid_series_to_pairs(pl.Series([uids[0], bad]))
 
 
 @pytest.mark.parametrize("high_values", [2**64, 8000, 3, 1])

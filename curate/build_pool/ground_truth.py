@@ -29,10 +29,6 @@ DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
 ALL_STAGES = "all stages"
 
 
-def has_ground_truth(samples: pl.DataFrame) -> bool:
-    return NOISE_COLUMN in samples.columns
-
-
 def ground_truth_report(
     samples: pl.DataFrame | pl.LazyFrame, decisions: pl.DataFrame | pl.LazyFrame
 ) -> pl.DataFrame:

@@ -27,7 +27,6 @@ import polars as pl
 
 METADATA_KEY = b"curate.decisions"
 FORMAT = 1
-VIEW_COLUMNS = ("uid", "row", "stage_index", "stage", "kept", "reason", "score")
 
 
 @dataclass(frozen=True)

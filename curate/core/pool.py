@@ -143,9 +143,6 @@ class Pool:
 
         return list(pq.read_schema(self.sample_paths()[0]).names)
 
-    def row_count(self) -> int:
-        return sum(file.rows for file in self.sample_files())
-
     def table_shards(self, max_rows: int = SHARD_ROWS) -> list[TableShard]:
         """The rows cut into blocks of at most ``max_rows``, never across files: a pure
         function of the files, so every executor gets the same shards."""

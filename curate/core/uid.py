@@ -88,17 +88,6 @@ def halves_to_pairs(halves: pl.DataFrame) -> np.ndarray:
     return pairs
 
 
-def uid_series_to_pairs(uids: pl.Series) -> np.ndarray:
-    """Vectorised :func:`uids_to_pairs` for a polars column (same order, unsorted)."""
-    import polars as pl
-
-    try:
-        return halves_to_pairs(uids.to_frame("uid").select(uid_halves(pl.col("uid"))))
-    except (ValueError, pl.exceptions.PolarsError):
-        valid = uids.str.contains(f"^[0-9a-fA-F]{{{UID_HEX_CHARS}}}$").fill_null(False)
-        raise ValueError(f"not a 32-hex-character uid: {uids.filter(~valid)[0]!r}") from None
-
-
 def sort_pairs(pairs: np.ndarray) -> np.ndarray:
     """``np.sort(pairs)`` for a ``u8,u8`` array, several times faster.
 

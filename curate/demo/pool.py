@@ -40,16 +40,6 @@ from curate.core.progress import progress_bar
 from curate.core.uid import make_uid
 from curate.demo import captions as demo_captions
 
-NOISE_KINDS = (
-    "clean",
-    "mismatched_caption",
-    "spam_caption",
-    "exact_duplicate",
-    "near_duplicate",
-    "off_topic",
-    "tiny",
-    "extreme_aspect",
-)
 # The columns a demo plan may carry into samples.parquet (the ground truth and the source).
 GROUND_TRUTH_COLUMNS = ("label", "class_name", "origin", "noise", "noise_detail", "duplicate_of")
 # Kinds that use one of the base (CIFAR/CINIC) images of their own, besides "clean".
