@@ -198,7 +198,7 @@ def pool_score_blocks(context: StageContext, source: ScoreSourceParams) -> tuple
     else:
         path, column = _score_source(context, source.embeddings), "clip_score"
     if isinstance(path, tuple):  # a DataComp set used in place: scores from its .npz
-        rows = sum(part.rows for part in path[0].parts)
+        rows = path[0].rows
         return rows, _in_place_score_blocks(path, rows)
     _column(pl.DataFrame(schema=pl.read_parquet_schema(path)), column, str(path))
     return parquet_rows([path]), parquet_score_blocks([path], column)
