@@ -164,6 +164,27 @@ def test_clip_score_from_an_in_place_set_equals_the_copied_pools(pools, tmp_path
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
+def test_clip_score_stage_called_alone_reads_the_in_place_scores(pools):
+    """Without build-pool's plan the stage computes the whole pool's threshold itself."""
+    from curate.core.pool import Pool
+    from curate.filters.catalog import get_stage
+    from curate.filters.registry import StageContext
+
+    stage = get_stage("clip_score")
+    params = stage.params_model.model_validate({"fraction": 0.3, "embeddings": "datacomp-b32"})
+    results = []
+    for name in ("in_place", "copied"):
+        rows = Pool.open(pools / name).scan_samples().with_row_index("row").collect()
+        context = StageContext(
+            rows=rows[100:700], pool_root=pools / name, seed=0, work_dir=pools / "work"
+        )
+        results.append(stage.run(context, params))
+    in_place, copied = results
+    assert in_place.report == copied.report and in_place.report["over_rows"] == sum(SIZES)
+    assert np.array_equal(in_place.keep, copied.keep) and 0 < in_place.keep.sum() < 600
+    assert np.array_equal(in_place.score, copied.score)
+
+
 def test_deflated_npz_is_a_one_line_error_naming_it(tmp_path):
     _metadata_folder(tmp_path / "meta", sizes=SIZES, compressed=(False, True, False))
     result = reference_in_place(tmp_path / "meta", tmp_path / "pool")  # deflated headers read
