@@ -1,8 +1,9 @@
 """decisions.parquet, compact: what each stage removed, not a row per sample and stage.
 
-Each stage's task writes one part per shard (:func:`write_part`): the rows it removed with
-their reasons, and, only when the stage computed scores of its own, every row it saw with
-its score. A stage that kept everything writes an empty part; a stage whose scores are a
+Each stage's task writes one part per shard (:func:`write_part`, in one of the two forms of
+:mod:`curate.core.stage_parts`): the rows it removed with their reasons, and, only when the
+stage computed scores of its own, every row it saw with its score; a stage that removed rows
+for one reason and stores no scores writes them as a bitmap. A stage whose scores are a
 column of the samples table (``StageResult.score_column``) stores none. At the end the parts
 are appended, stage by stage and shard by shard, into one file (:func:`assemble`) whose
 metadata names the stages; :mod:`curate.core.decisions_view` expands it back to one row per
@@ -26,13 +27,10 @@ import pyarrow.parquet as pq
 from curate.core.arrow_numpy import numpy_array, numpy_values, string_array
 from curate.core.atomic import atomic_path
 from curate.core.decisions_view import METADATA_KEY, CompactInfo
+from curate.core.stage_parts import PART_SCHEMA, read_part, write_removed_bitmap
 from curate.filters.registry import StageResult
 
 ROW_GROUP_ROWS = 1024 * 1024
-REASONS = pa.dictionary(pa.int32(), pa.string())
-PART_SCHEMA = pa.schema(
-    [("row", pa.uint64()), ("kept", pa.bool_()), ("reason", REASONS), ("score", pa.float32())]
-)
 SCHEMA = pa.schema([("stage_index", pa.uint16()), *PART_SCHEMA])
 WRITE_OPTIONS = {
     "compression": "zstd",
@@ -68,6 +66,9 @@ def write_part(
     n = rows.len()
     keep = check_result(stage, index, n, result)
     store_scores = result.score is not None and result.score_column is None
+    if n and not store_scores and isinstance(result.reason, str):  # the bitmap form
+        write_removed_bitmap(path, rows.cast(pl.UInt64).to_numpy(), keep, result.reason)
+        return n, int(keep.sum())
     if store_scores:
         score = np.asarray(result.score, dtype=np.float32)
         if score.shape != (n,):
@@ -147,7 +148,7 @@ def assemble(
 def _tables(stages: Sequence[tuple[int, Sequence[Path]]], schema: pa.Schema) -> Iterator[pa.Table]:
     for index, parts in stages:
         for part in parts:
-            table = pq.ParquetFile(part).read().cast(PART_SCHEMA)
+            table = read_part(part)
             if len(table):
                 stage_index = numpy_array(np.full(len(table), index, np.uint16))
                 yield table.add_column(0, "stage_index", stage_index).cast(schema)

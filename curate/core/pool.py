@@ -252,18 +252,14 @@ class ShardRows:
     def mask(self) -> pl.Series | None:
         """Boolean mask over the shard's rows (None: every row is in play)."""
         import numpy as np
-        import pyarrow.parquet as pq
 
-        from curate.core.arrow_numpy import numpy_values
+        from curate.core.stage_parts import removed_rows
 
         if not self.removed_files:
             return None
         keep = np.ones(self.shard.rows, dtype=bool)
         for path in self.removed_files:
-            # ParquetFile, not pq.read_table: that imports pyarrow.dataset (~0.2 s)
-            table = pq.ParquetFile(path).read(columns=["row", "kept"], use_threads=False)
-            rows = numpy_values(table.column("row")).astype(np.int64)
-            keep[rows[~numpy_values(table.column("kept"))] - self.shard.first_row] = False
+            keep[removed_rows(path) - self.shard.first_row] = False
         return pl.Series("keep", keep)
 
     def read(self, columns: Sequence[str]) -> pl.DataFrame:
