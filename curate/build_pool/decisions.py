@@ -177,6 +177,9 @@ def _normal_reasons(group: pa.Table) -> pa.Table:
     indices = pa.chunked_array(
         [chunk.indices for chunk in column.chunks], type=pa.int32()
     ).combine_chunks()
+    if len(dictionary) == 1 and indices.null_count == 0:  # one reason for every row: normal
+        reasons = pa.DictionaryArray.from_arrays(indices, dictionary)
+        return group.set_column(group.schema.get_field_index("reason"), "reason", reasons)
     used = numpy_values(pc.unique(indices.drop_null())).astype(np.int64)
     remap = np.zeros(len(dictionary), dtype=np.int32)
     remap[used] = np.arange(len(used), dtype=np.int32)

@@ -32,12 +32,19 @@ def numpy_array(values: np.ndarray, null: np.ndarray | None = None) -> pa.Array:
 
 def string_array(values: Sequence[str]) -> pa.Array:
     """Python strings as an Arrow ``string`` array."""
-    encoded = [value.encode("utf-8") for value in values]
+    return _variable_width([value.encode("utf-8") for value in values], pa.string())
+
+
+def binary_array(values: Sequence[bytes]) -> pa.Array:
+    """Python bytes as an Arrow ``binary`` array."""
+    return _variable_width(list(values), pa.binary())
+
+
+def _variable_width(encoded: list[bytes], kind: pa.DataType) -> pa.Array:
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(value) for value in encoded], out=offsets[1:])
-    return pa.Array.from_buffers(
-        pa.string(), len(encoded), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
-    )
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(kind, len(encoded), buffers)
 
 
 def numpy_values(array: pa.Array | pa.ChunkedArray, null_as: int | None = None) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.core.arrow_numpy import numpy_array, numpy_values, string_array
+from curate.core.arrow_numpy import binary_array, numpy_array, numpy_values, string_array
 from curate.core.atomic import atomic_path
 
 REASONS = pa.dictionary(pa.int32(), pa.string())
@@ -45,10 +45,10 @@ def write_removed_bitmap(path: Path, rows: np.ndarray, keep: np.ndarray, reason:
     removed = np.zeros(span, dtype=bool)
     removed[rows[~keep].astype(np.int64) - first] = True
     record = {
-        "first_row": [first],
-        "span": [span],
-        "removed": [np.packbits(removed, bitorder="little").tobytes()],
-        "reason": [reason],
+        "first_row": numpy_array(np.array([first], dtype=np.uint64)),
+        "span": numpy_array(np.array([span], dtype=np.uint64)),
+        "removed": binary_array([np.packbits(removed, bitorder="little").tobytes()]),
+        "reason": string_array([reason]),
     }
     with atomic_path(path) as tmp:
         pq.write_table(pa.table(record, schema=BITMAP_SCHEMA), tmp, write_statistics=False)
