@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curate.core.arrow_numpy import numpy_array, numpy_values, string_array
+from curate.core.arrow_numpy import binary_array, numpy_array, numpy_values, string_array
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint64, np.uint16, np.float32, np.bool_])
@@ -24,6 +24,7 @@ def test_numpy_array_equals_pa_array(dtype):
 def test_string_array_and_numpy_values():
     assert string_array(["a", "", "ünï"]).equals(pa.array(["a", "", "ünï"], pa.string()))
     assert string_array([]).equals(pa.array([], pa.string()))
+    assert binary_array([b"\x00\xff", b""]).equals(pa.array([b"\x00\xff", b""], pa.binary()))
     chunked = pa.chunked_array([pa.array([1, 2], pa.int32()), pa.array([3], pa.int32())])
     assert numpy_values(chunked).tolist() == [1, 2, 3]
     assert numpy_values(pa.array([True, False])).tolist() == [True, False]
