@@ -71,6 +71,7 @@ from curate.filters.clip_score_threshold import (
     selected_threshold,
     top_fraction_threshold,
 )
+from curate.filters.dedup_inputs import in_place_clip_scores
 from curate.filters.registry import (
     PlanContext,
     StageContext,
@@ -159,8 +160,6 @@ def _set_scores(source: Path | InPlaceSet, rows: pl.DataFrame) -> np.ndarray:
     clip_score.parquet, or computed from the ``.npz`` the pool uses in place."""
     if isinstance(source, Path):
         return embedding_scores(source, rows)
-    from curate.filters.dedup_inputs import in_place_clip_scores
-
     return in_place_clip_scores(rows["row"].to_numpy(), *source)
 
 
@@ -205,8 +204,6 @@ def pool_score_blocks(context: StageContext, source: ScoreSourceParams) -> tuple
 
 
 def _in_place_score_blocks(source: InPlaceSet, rows: int) -> ScoreBlocks:
-    from curate.filters.dedup_inputs import in_place_clip_scores
-
     def read() -> Iterator[np.ndarray]:
         for start in range(0, rows, BLOCK_ROWS):
             block = np.arange(start, min(start + BLOCK_ROWS, rows), dtype=np.int64)

@@ -414,7 +414,6 @@ def _run_segment_tasks(
     masks: list[Path | None] = [None] * len(plan.shards)
     if segment[-1] is plan.stages[-1]:  # the kept uids need the final keep masks
         masks = list(plan.kept_masks(segment[-1]))
-        masks[0].parent.mkdir(exist_ok=True)
     tasks = [
         _SegmentTask(
             rows,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 
@@ -51,8 +52,6 @@ def numpy_values(array: pa.Array | pa.ChunkedArray, null_as: int | None = None) 
     """An Arrow array of numbers or booleans as a numpy array, through polars (numbers without
     nulls without a copy): ``pa.Array.to_numpy`` imports pandas too. Nulls become
     ``null_as``; without it, an array with nulls is an error."""
-    import polars as pl
-
     series = pl.Series(array)
     if series.null_count():
         if null_as is None:
