@@ -6,6 +6,7 @@ build-pool's ground-truth report against a brute-force count."""
 from __future__ import annotations
 
 import io
+import itertools
 import sys
 from collections import Counter
 from pathlib import Path
@@ -62,10 +63,12 @@ def _normal(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def test_compact_file_expands_to_the_full_table(tmp_path):
+@pytest.mark.parametrize("bitmap_rows", [1 << 23, 64, 7])
+def test_compact_file_expands_to_the_full_table(tmp_path, bitmap_rows):
     """Random stages (per-row reasons, one reason, scores of their own or from a column, a
     stage that saw no rows) written as parts of two shards: polars and DuckDB views equal the
-    table built by hand."""
+    table built by hand, with the one-reason stages' bitmaps in one block or across blocks
+    that do not meet the shards' edges."""
     rng = np.random.default_rng(5)
     pool_rows, cut = 300, 170
     uids = [make_uid("c", str(i)) for i in range(pool_rows)]
@@ -118,9 +121,13 @@ def test_compact_file_expands_to_the_full_table(tmp_path):
             )
         )
         alive = alive[keep]
-    info = CompactInfo(pool_rows, tuple(entries))
+    info = CompactInfo(pool_rows, tuple(entries), bitmap_rows)
     out = tmp_path / "decisions.parquet"
     assemble(out, parts, info)
+    bitmaps = pl.read_parquet(out).filter(pl.col("removed").is_not_null())
+    # column scores, one reason, remove all (the last one-reason stage saw no rows)
+    assert bitmaps["stage_index"].unique().sort().to_list() == [2, 3, 4]
+    assert bitmaps.height == 3 if bitmap_rows > pool_rows else bitmaps.height > 3 * 4
     reference = reference_decisions(frames, pl.Series(uids))
     assert _normal(scan_decisions(out, [samples]).collect()).equals(reference)
     connection = duckdb.connect()
@@ -128,6 +135,59 @@ def test_compact_file_expands_to_the_full_table(tmp_path):
         "stage_index, row"
     )
     assert _normal(relation.pl()).equals(reference)
+
+
+def test_bitmap_records_do_not_depend_on_the_shards(tmp_path):
+    """One stage removing rows for one reason, its parts cut three ways (edges inside and on
+    block edges, a shard of one row): the same file bytes; a stage whose parts give two
+    reasons is written as rows."""
+    rng = np.random.default_rng(11)
+    pool_rows = 1000
+    rows = np.arange(pool_rows)
+    seen = rows[(rows % 3 != 0) & ((rows < 100) | (rows >= 300))]  # earlier stages' removals
+    keep = rng.random(len(seen)) < 0.4
+    info = CompactInfo(pool_rows, (StageEntry(1, "one", None),), bitmap_rows=64)
+    files = []
+    for cuts in ((0, 1000), (0, 170, 600, 1000), (0, 64, 65, 128, 999, 1000)):
+        parts = []
+        for shard, (low, high) in enumerate(itertools.pairwise(cuts)):
+            inside = (seen >= low) & (seen < high)
+            part = tmp_path / f"{len(cuts)}-{shard}.parquet"
+            result = StageResult(keep=keep[inside], reason="too small")
+            write_part(part, "one", 1, pl.Series(seen[inside], dtype=pl.UInt64), result)
+            parts.append(part)
+        files.append(tmp_path / f"decisions-{len(cuts)}.parquet")
+        assemble(files[-1], [(1, parts)], info)
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    stored = pl.read_parquet(files[0])
+    assert stored["removed"].null_count() == 0
+    # ceil(1000 / 64) blocks, less the three in rows 128..255 that the stage did not see
+    assert stored["row"].to_list() == [64 * b for b in range(16) if b not in (2, 3)]
+    view = scan_decisions(files[0], [_uid_file(tmp_path, pool_rows)]).collect()
+    assert view.filter(~pl.col("kept"))["row"].to_list() == seen[~keep].tolist()
+
+    halves = []
+    for low, high, reason in ((0, 500, "too small"), (500, 1000, "too large")):
+        inside = (seen >= low) & (seen < high)
+        halves.append(tmp_path / f"{reason}.parquet")
+        result = StageResult(keep=keep[inside], reason=reason)
+        write_part(halves[-1], "one", 1, pl.Series(seen[inside], dtype=pl.UInt64), result)
+    mixed = tmp_path / "mixed.parquet"
+    assemble(mixed, [(1, halves)], info)
+    assert pl.read_parquet(mixed)["removed"].null_count() == (~keep).sum()  # rows, no bitmaps
+    removed = (
+        scan_decisions(mixed, [_uid_file(tmp_path, pool_rows)]).collect().filter(~pl.col("kept"))
+    )
+    assert removed["row"].to_list() == seen[~keep].tolist()
+    assert removed["reason"].to_list() == [
+        "too small" if r < 500 else "too large" for r in seen[~keep]
+    ]
+
+
+def _uid_file(tmp_path: Path, rows: int) -> Path:
+    path = tmp_path / "samples.parquet"
+    pl.DataFrame({"uid": [make_uid("b", str(i)) for i in range(rows)]}).write_parquet(path)
+    return path
 
 
 def test_one_stage_removing_most_rows_stores_little(tmp_path):
@@ -278,7 +338,7 @@ def brute_force_ground_truth(samples: pl.DataFrame, decisions: pl.DataFrame) -> 
     return counts
 
 
-OUTPUTS = ("uids.npy", "uids.parquet", "decisions.parquet", "ground_truth.parquet")
+OUTPUTS = ("uids.npy", "decisions.parquet", "ground_truth.parquet")
 
 
 @pytest.mark.parametrize("order", ORDERS, ids="-".join)
@@ -364,7 +424,7 @@ def test_metadata_recipe_on_ray_and_threads_gives_the_same_bytes(tmp_path):
     assert results["sequential"].stages[0].report["removed_duplicates"] == 40
     for name in ("threads", "ray"):
         assert results[name].kept == results["sequential"].kept
-        for output in ("uids.npy", "uids.parquet", "decisions.parquet"):
+        for output in ("uids.npy", "decisions.parquet"):
             assert (tmp_path / name / output).read_bytes() == (
                 tmp_path / "sequential" / output
             ).read_bytes(), (name, output)

@@ -3,16 +3,22 @@
 build-pool stores them compactly (:mod:`curate.build_pool.decisions` writes the file):
 ``decisions.parquet`` holds only what cannot be derived, the rows each stage *removed*
 (``stage_index``, ``row``, ``kept`` false, ``reason``, ``score``) and, for a stage that
-computed scores of its own, its kept rows with their scores (``kept`` true). The rest
-follows from the pool: stage ``k`` saw every row that no earlier stage removed; it kept
+computed scores of its own, its kept rows with their scores (``kept`` true). A stage that
+removed rows for one reason and stores no scores keeps them as bitmap records instead (format
+2): one record per block of ``bitmap_rows`` pool rows (aligned to multiples of it; the last
+block ends at the pool's end) holding, in ``removed``, a bit per row of the block (most
+significant bit of each byte first, as DuckDB's ``BIT`` reads them), ``row`` the block's first
+row, ``kept`` false and the reason; ``removed`` is null in the row records. The rest follows
+from the pool: stage ``k`` saw every row that no earlier stage removed; it kept
 those it did not remove; a stage whose scores are a column of the samples table
 (``clip_score`` with ``column:``) names that column instead of copying it. The file's
-metadata (``curate.decisions``) lists the stages and the pool's row count.
+metadata (``curate.decisions``) lists the stages, the pool's row count and ``bitmap_rows``.
 
 :func:`scan_decisions` (polars) and :func:`decisions_relation` (DuckDB, for ``curate sql``)
 expand it back to the table earlier versions wrote, with columns ``uid``, ``row``,
 ``stage_index``, ``stage``, ``kept``, ``reason``, ``score``, in stage then row order. A
-decisions.parquet written in that full form is read as it is.
+decisions.parquet written in that full form is read as it is, one of format 1 (no bitmap
+records) too.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ from typing import Any
 import polars as pl
 
 METADATA_KEY = b"curate.decisions"
-FORMAT = 1
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
+BITMAP_COLUMN = "removed"
 
 
 @dataclass(frozen=True)
@@ -40,12 +48,14 @@ class StageEntry:
 class CompactInfo:
     pool_rows: int
     stages: tuple[StageEntry, ...]
+    bitmap_rows: int = 1 << 23  # the pool rows of one bitmap record (1 MiB of bits)
 
     def to_json(self) -> str:
         return json.dumps(
             {
                 "format": FORMAT,
                 "pool_rows": self.pool_rows,
+                "bitmap_rows": self.bitmap_rows,
                 "stages": [
                     {"index": s.index, "stage": s.stage, "score_column": s.score_column}
                     for s in self.stages
@@ -63,12 +73,14 @@ def compact_info(path: Path) -> CompactInfo | None:
     if METADATA_KEY not in metadata:
         return None
     data = json.loads(metadata[METADATA_KEY])
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: decisions format {data.get('format')} is not {FORMAT}")
+    if data.get("format") not in READABLE_FORMATS:
+        raise ValueError(
+            f"{path}: decisions format {data.get('format')} is not one of {READABLE_FORMATS}"
+        )
     stages = tuple(
         StageEntry(int(s["index"]), str(s["stage"]), s.get("score_column")) for s in data["stages"]
     )
-    return CompactInfo(int(data["pool_rows"]), stages)
+    return CompactInfo(int(data["pool_rows"]), stages, int(data.get("bitmap_rows", 0)))
 
 
 def scan_decisions(path: Path, pool_files: Sequence[Path] | None = None) -> pl.LazyFrame:
@@ -85,7 +97,7 @@ def scan_decisions(path: Path, pool_files: Sequence[Path] | None = None) -> pl.L
     pool = pl.scan_parquet(list(pool_files)).select(
         pl.int_range(pl.len(), dtype=pl.UInt64).alias("row"), "uid", *score_columns
     )
-    stored = pl.scan_parquet(path)
+    stored = _stored_rows(path, info)
     removed = stored.filter(~pl.col("kept")).select(
         "row", pl.col("stage_index").alias("removed_at"), pl.col("reason").cast(pl.String)
     )
@@ -129,6 +141,40 @@ def scan_decisions(path: Path, pool_files: Sequence[Path] | None = None) -> pl.L
     return pl.concat(parts)
 
 
+def _stored_rows(path: Path, info: CompactInfo) -> pl.LazyFrame:
+    """The file's records as rows (``stage_index``, ``row``, ``kept``, ``reason``,
+    ``score``): each bitmap record expanded to a row per removed row of its block."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    stored = pl.scan_parquet(path).with_columns(pl.col("reason").cast(pl.String))
+    if BITMAP_COLUMN not in pq.read_schema(path).names:
+        return stored
+    records = stored.filter(pl.col(BITMAP_COLUMN).is_null()).drop(BITMAP_COLUMN)
+    bitmaps = stored.filter(pl.col(BITMAP_COLUMN).is_not_null()).collect()
+    stages, rows, reasons, counts = [], [], [], []
+    for stage, first, reason, bits in bitmaps.select(
+        "stage_index", "row", "reason", BITMAP_COLUMN
+    ).iter_rows():
+        span = min(info.bitmap_rows, info.pool_rows - first)
+        removed = np.unpackbits(np.frombuffer(bits, np.uint8), count=span, bitorder="big")
+        rows.append(np.flatnonzero(removed).astype(np.uint64) + np.uint64(first))
+        stages.append(np.full(len(rows[-1]), stage, np.uint16))
+        reasons.append(reason)
+        counts.append(len(rows[-1]))
+    record_of_row = np.repeat(np.arange(len(counts)), counts)
+    expanded = pl.DataFrame(
+        {
+            "stage_index": pl.Series(np.concatenate(stages) if stages else [], dtype=pl.UInt16),
+            "row": pl.Series(np.concatenate(rows) if rows else [], dtype=pl.UInt64),
+            "kept": pl.repeat(False, len(record_of_row), eager=True),
+            "reason": pl.Series(reasons, dtype=pl.String).gather(record_of_row),
+            "score": pl.repeat(None, len(record_of_row), dtype=pl.Float32, eager=True),
+        }
+    )
+    return pl.concat([records, expanded.lazy()])
+
+
 def subset_decisions(subset_root: Path) -> pl.LazyFrame:
     """The decisions of the candidate pool at ``subset_root`` (its parent pool's uids)."""
     from curate.core.layout import SubsetLayout
@@ -150,7 +196,7 @@ def decisions_relation(connection: Any, decisions: Any, pool: Any, info: Compact
     samples = connection.from_arrow(pool).project(listed)
     numbers = connection.sql(f"SELECT range::UBIGINT AS row FROM range({info.pool_rows})")
     numbered = samples.join(numbers, how="positional")
-    stored = connection.from_arrow(decisions)
+    stored = _stored_relation(connection.from_arrow(decisions), info)
     removed = stored.filter("NOT kept").project(
         "row AS removed_row, stage_index AS removed_at, reason::VARCHAR AS removed_reason"
     )
@@ -180,6 +226,23 @@ def decisions_relation(connection: Any, decisions: Any, pool: Any, info: Compact
             "NULL::FLOAT AS score WHERE false"
         )
     return union
+
+
+def _stored_relation(stored: Any, info: CompactInfo) -> Any:
+    """:func:`_stored_rows` in DuckDB: a bitmap record's set bits become rows, lazily."""
+    columns = "stage_index, row, kept, reason::VARCHAR AS reason, score"
+    if BITMAP_COLUMN not in stored.columns:
+        return stored.project(columns)
+    records = stored.filter(f"{BITMAP_COLUMN} IS NULL").project(columns)
+    bits = stored.filter(f"{BITMAP_COLUMN} IS NOT NULL").project(
+        f"stage_index, row AS first_row, reason::VARCHAR AS reason, {BITMAP_COLUMN}::BIT AS bits, "
+        f"unnest(range(least({info.bitmap_rows}, {info.pool_rows} - row)::BIGINT)) AS bit"
+    )
+    expanded = bits.filter("get_bit(bits, bit::INTEGER) = 1").project(
+        "stage_index, (first_row + bit)::UBIGINT AS row, false AS kept, reason, "
+        "NULL::FLOAT AS score"
+    )
+    return records.union(expanded)
 
 
 def _quote(identifier: str) -> str:

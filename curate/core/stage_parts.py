@@ -10,11 +10,13 @@ Two forms, both parquet files:
   row of the span the stage saw, the span's length, the removed rows as bits and the reason.
   It is written and read several times faster than the same rows as a column.
 
-:func:`read_part` gives either as the rows form; :func:`removed_rows` gives the rows removed.
+:func:`read_part` gives either as the rows form; :func:`removed_rows` gives the rows removed;
+:func:`read_bitmap` gives a bitmap part as it is (None for the rows form).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -54,19 +56,34 @@ def write_removed_bitmap(path: Path, rows: np.ndarray, keep: np.ndarray, reason:
         pq.write_table(pa.table(record, schema=BITMAP_SCHEMA), tmp, write_statistics=False)
 
 
+@dataclass(frozen=True)
+class Bitmap:
+    first_row: int
+    span: int
+    removed: np.ndarray  # packed bits, little-endian bit order: bit i is row first_row + i
+    reason: str
+
+
+def read_bitmap(path: Path) -> Bitmap | None:
+    """The part as it was written, when in the bitmap form (a rows part: only its footer
+    is read)."""
+    part = pq.ParquetFile(path)
+    return _as_bitmap(part.read()) if part.schema_arrow.names == BITMAP_SCHEMA.names else None
+
+
 def read_part(path: Path) -> pa.Table:
     """The part as :data:`PART_SCHEMA` rows, whichever form it was written in."""
     table = pq.ParquetFile(path).read()
-    if table.schema.names != BITMAP_SCHEMA.names:
+    bitmap = _as_bitmap(table)
+    if bitmap is None:
         return table.cast(PART_SCHEMA)
-    rows = _bitmap_rows(table)
+    rows = bitmap_rows(bitmap)
     count = len(rows)
-    reason = table.column("reason")[0].as_py()
     indices = numpy_array(np.zeros(count, dtype=np.int32))
     columns = {
         "row": numpy_array(rows.astype(np.uint64)),
         "kept": numpy_array(np.zeros(count, dtype=bool)),
-        "reason": pa.DictionaryArray.from_arrays(indices, string_array([reason])),
+        "reason": pa.DictionaryArray.from_arrays(indices, string_array([bitmap.reason])),
         "score": pa.nulls(count, pa.float32()),
     }
     return pa.table(columns, schema=PART_SCHEMA)
@@ -75,14 +92,25 @@ def read_part(path: Path) -> pa.Table:
 def removed_rows(path: Path) -> np.ndarray:
     """The pool rows (int64) the part's stage removed."""
     table = pq.ParquetFile(path).read()
-    if table.schema.names == BITMAP_SCHEMA.names:
-        return _bitmap_rows(table)
+    bitmap = _as_bitmap(table)
+    if bitmap is not None:
+        return bitmap_rows(bitmap)
     rows = numpy_values(table.column("row")).astype(np.int64)
     return rows[~numpy_values(table.column("kept"))]
 
 
-def _bitmap_rows(table: pa.Table) -> np.ndarray:
-    first = table.column("first_row")[0].as_py()
-    span = table.column("span")[0].as_py()
-    bits = np.frombuffer(table.column("removed")[0].as_py(), dtype=np.uint8)
-    return np.flatnonzero(np.unpackbits(bits, count=span, bitorder="little")) + first
+def bitmap_rows(bitmap: Bitmap) -> np.ndarray:
+    """The pool rows (int64) whose bits are set."""
+    bits = np.unpackbits(bitmap.removed, count=bitmap.span, bitorder="little")
+    return np.flatnonzero(bits) + bitmap.first_row
+
+
+def _as_bitmap(table: pa.Table) -> Bitmap | None:
+    if table.schema.names != BITMAP_SCHEMA.names:
+        return None
+    return Bitmap(
+        table.column("first_row")[0].as_py(),
+        table.column("span")[0].as_py(),
+        np.frombuffer(table.column("removed")[0].as_py(), dtype=np.uint8),
+        table.column("reason")[0].as_py(),
+    )
