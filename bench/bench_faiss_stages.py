@@ -247,6 +247,8 @@ def step_in_memory(args: argparse.Namespace, work: Path) -> dict:
     k-means, image_based_keep; its kept uids, to compare with build-pool's."""
     import polars as pl
 
+    from curate.core.kept_uids import kept_uids
+    from curate.core.layout import SubsetLayout
     from curate.dedup.clustering import kmeans
     from curate.dedup.image_based import image_based_keep
 
@@ -257,7 +259,7 @@ def step_in_memory(args: argparse.Namespace, work: Path) -> dict:
     selection = image_based_keep(vectors, target, centroids=centroids)
     ended = _usage()
     uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy()
-    kept = pl.read_parquet(work / "out" / "bench_image_based" / "uids.parquet")["uid"]
+    kept = kept_uids(SubsetLayout(work / "out" / "bench_image_based"))
     same = bool(np.array_equal(np.sort(uids[selection.keep]), kept.to_numpy()))
     return {
         "wall_s": ended[0] - started[0],

@@ -51,7 +51,8 @@ def build_pool_command(
 ) -> None:
     """Run RECIPE's stages over POOL and write the candidate pool OUT.
 
-    OUT gets the kept uids (uids.parquet, and uids.npy in DataComp's subset format), every
+    OUT gets the kept uids (uids.npy, DataComp's subset format; `curate sql` shows them as
+    the `kept` view), every
     stage's removals, compactly (decisions.parquet; `curate sql` shows a row per sample and
     stage), per-stage counts (stages.parquet) and, on the demo pool, each stage's
     precision/recall against the injected noise (ground_truth.parquet). An interrupted run

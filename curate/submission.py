@@ -62,6 +62,7 @@ from curate.core.atomic import (
 )
 from curate.core.errors import InputNotFoundError, OutputExistsError, UserInputError
 from curate.core.hashing import file_sha256
+from curate.core.kept_uids import kept_uids
 from curate.core.layout import MANIFEST, SubsetLayout
 from curate.core.manifest import Manifest, produced_by, read_manifest
 from curate.eval.baselines import tiny_baseline_fit, tiny_baseline_plane
@@ -372,9 +373,7 @@ def _stage_candidate_pool(layout: SubsetLayout, staging: Path) -> int:
     if layout.uids_npy.is_file():
         shutil.copyfile(layout.uids_npy, staging / UIDS_FILE)
     else:
-        save_subset(
-            pl.read_parquet(layout.uids_parquet, columns=["uid"])["uid"], staging / UIDS_FILE
-        )
+        save_subset(kept_uids(layout), staging / UIDS_FILE)
     shutil.copyfile(layout.recipe, staging / RECIPE_FILE)
     return len(load_subset(staging / UIDS_FILE))
 

@@ -29,6 +29,8 @@ from curate.core.atomic import exclusive_lock, staging_dir_for
 from curate.core.candidate_pool import open_subset
 from curate.core.decisions_view import subset_decisions
 from curate.core.errors import InUseError
+from curate.core.kept_uids import kept_uids
+from curate.core.layout import SubsetLayout
 from curate.core.pool import Pool
 from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.filters.catalog import STAGES
@@ -163,9 +165,7 @@ def test_decisions_match_the_hand_checked_case(pool_dir, tmp_path):
         ("bp_min_width", 10, 7, 3), ("bp_caption_word", 7, 5, 2)]  # fmt: skip
     assert json.loads(stages["report"][0]) == {"min_width": 16}
 
-    assert pl.read_parquet(out / "uids.parquet")["uid"].to_list() == sorted(
-        uids[i] for i in KEPT_ROWS
-    )
+    assert kept_uids(SubsetLayout(out)).to_list() == sorted(uids[i] for i in KEPT_ROWS)
     assert (out / "recipe.yaml").read_text() == RECIPE
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "subset" and manifest["sample_count"] == 5
@@ -224,7 +224,8 @@ def test_ground_truth_judges_duplicates_as_pairs():
 def test_uids_npy_is_a_datacomp_subset(pool_dir, tmp_path):
     build_pool(_recipe(), pool_dir, tmp_path / "subset")
     array = np.load(tmp_path / "subset" / "uids.npy")
-    uids = pl.read_parquet(tmp_path / "subset" / "uids.parquet")["uid"].to_list()
+    kept = Pool.open(pool_dir).samples()["uid"].gather(KEPT_ROWS)
+    uids = sorted(kept.to_list())
     # DataComp's own conversion (baselines/apply_filter.py), as the reference
     reference = np.array([(int(u[:16], 16), int(u[16:32], 16)) for u in uids], np.dtype("u8,u8"))
     assert array.dtype == np.dtype("u8,u8")
@@ -234,12 +235,12 @@ def test_uids_npy_is_a_datacomp_subset(pool_dir, tmp_path):
 def test_same_recipe_pool_and_seed_give_identical_bytes(pool_dir, tmp_path):
     for name in ("a", "b"):
         build_pool(_recipe(), pool_dir, tmp_path / name)
-    for file in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for file in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
 
 
 def _same_outputs(a: Path, b: Path) -> None:
-    for file in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for file in ("uids.npy", "decisions.parquet"):
         assert (a / file).read_bytes() == (b / file).read_bytes(), file
 
 

@@ -141,7 +141,7 @@ def test_embedding_stages_give_the_copied_pools_bytes(pools, tmp_path, embedding
     assert all(stages[n].removed > 0 for n in ("decontaminate", "near_dedup", "semdedup"))
     assert 0 < stages["image_based"].rows_out < stages["image_based"].rows_in
     assert [s.rows_out for s in a.stages] == [s.rows_out for s in b.stages]
-    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for name in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
@@ -160,7 +160,7 @@ def test_clip_score_from_an_in_place_set_equals_the_copied_pools(pools, tmp_path
     b = build_pool(recipe, pools / "copied", tmp_path / "b", shard_rows=100, executor=executor)
     assert 0 < a.kept == b.kept < sum(SIZES)
     assert not (pools / "in_place" / "embeddings").exists()  # nothing written into the pool
-    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for name in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 

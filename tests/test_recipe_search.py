@@ -16,6 +16,8 @@ import curate.cli.main  # noqa: F401  (registers the commands)
 from curate.build_pool.recipe import RecipeError, load_recipe, parse_recipe
 from curate.cli.app import app
 from curate.core.errors import UserInputError
+from curate.core.kept_uids import kept_uids
+from curate.core.layout import SubsetLayout
 from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.eval.er_uncertainty import Interval
 from curate.eval.records import read_records
@@ -122,7 +124,7 @@ def test_sweep_builds_scores_ranks_and_resumes(setup, sweep):
     assert {value: row.kept for value, row in rows.items()} == {3: POOL_ROWS, 4: 60}
     for value, row in rows.items():
         assert row.candidate == out / f"colour_words-min_term_chars-{value}"
-        assert pl.read_parquet(row.candidate / "uids.parquet").height == row.kept
+        assert len(kept_uids(SubsetLayout(row.candidate))) == row.kept
         written = load_recipe(row.candidate / "recipe.yaml")  # the variant's own YAML
         assert written.name == row.candidate.name
         assert written.stages[0].params.min_term_chars == value

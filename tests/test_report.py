@@ -25,6 +25,8 @@ from curate.build_pool.recipe import parse_recipe
 from curate.cli.app import app
 from curate.core.decisions_view import subset_decisions
 from curate.core.errors import UserInputError
+from curate.core.kept_uids import kept_uids
+from curate.core.layout import SubsetLayout
 from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.eval.collect import collect_runs
 from curate.eval.effective_robustness import fit_logit_line
@@ -230,9 +232,8 @@ def test_leaderboard_numbers_match_a_reference(report, runs_dir):
         id_mean = 100 * np.mean([run.accuracy(ID_TASK) for run in members])
         assert id_acc.startswith(f"{id_mean:.1f}")
         assert (" ± " in id_acc) == (len(members) > 1)  # the spread over seeds
-        assert (
-            int(kept.replace(",", ""))
-            == pl.read_parquet(runs_dir / "candidates" / name / "uids.parquet").height
+        assert int(kept.replace(",", "")) == len(
+            kept_uids(SubsetLayout(runs_dir / "candidates" / name))
         )
     # the pair's ER difference: the difference of the two reference ERs, with a verdict
     ((shift, pool_a, pool_b, difference, covers, verdict),) = _table(html, "er-differences")
@@ -293,7 +294,7 @@ def test_stage_counts_and_ground_truth_match_decisions(report, runs_dir):
         f"{100 * precision:.1f} %", f"{100 * recall:.1f} %",
     ]  # fmt: skip
     assert truth[-1][0] == "all stages"
-    kept = pl.read_parquet(candidate / "uids.parquet").height
+    kept = len(kept_uids(SubsetLayout(candidate)))
     section = html[html.index(after) : html.index("</article>", html.index(after))]
     assert f"kept\n      <strong>{kept}</strong> of 40 samples" in section
     assert section.count('<figure class="card removed">') > 0

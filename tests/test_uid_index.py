@@ -101,7 +101,7 @@ def test_kept_uids_from_the_index_equal_the_decoded_ones(tmp_path, monkeypatch, 
         RECIPE, tmp_path / "pool", tmp_path / "b", shard_rows=64, executor=executor
     )
     assert 0 < indexed.kept == decoded.kept < 750
-    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for name in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     kept = np.load(tmp_path / "a" / "uids.npy")
     assert kept.tobytes() == np.unique(kept).tobytes()  # sorted, no repeats
@@ -150,5 +150,5 @@ def test_the_last_stages_keep_masks_equal_the_ones_made_from_its_parts(tmp_path,
     )
     assert len(made) == len(Pool.open(tmp_path / "pool").table_shards(64))  # a task per shard
     assert 0 < saved.kept == rebuilt.kept < 750
-    for name in ("uids.npy", "uids.parquet", "decisions.parquet"):
+    for name in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()

@@ -15,7 +15,8 @@ is a task per shard on the executor, reading only the columns the stages declare
   to the executor);
 - the kept uids are gathered from the pool's sorted uid index (:mod:`curate.core.uid_index`,
   written by ingest of metadata in place), or else spilled by prefix per shard and sorted per
-  prefix, and streamed into uids.npy and uids.parquet.
+  prefix, and streamed into uids.npy (DataComp's subset file: the one copy of the kept set;
+  :mod:`curate.core.kept_uids` reads it as strings).
 
 So the driver holds O(shards) state. Each stage's decisions are stored compactly, one part
 per shard (:mod:`curate.build_pool.decisions`): any removal can still be traced to its
@@ -42,8 +43,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.build_pool.decisions import assemble, check_result, write_part
 from curate.build_pool.ground_truth import NOISE_COLUMN, ground_truth_report
@@ -65,8 +64,6 @@ from curate.core.uid import (
     SUBSET_DTYPE,
     arrow_uid_halves,
     halves_to_arrow_uids,
-    hex_chars,
-    hex_chars_to_arrow,
 )
 from curate.core.uid_index import UidIndex, kept_pairs
 from curate.filters.catalog import get_stage
@@ -89,14 +86,6 @@ PARTS = "parts"  # a stage's decisions, one file per shard, inside its resume di
 KEPT_MASKS = "kept"  # the recipe's last stage: each shard's rows kept by every stage
 ROW = "row"
 KEPT_BUCKET_ROWS = 4 << 20  # kept uids a sorting task holds at most (16 bytes each)
-UIDS_ROW_GROUP = 1024 * 1024  # pyarrow.parquet.write_table's row group size
-# sorted uids share prefixes: delta strings write faster, are smaller and read ~5x faster
-# than zstd over plain strings (3.8M uids: 0.37 s, 54 MB, read 0.11 s vs 0.47 s, 57 MB, 0.59 s)
-UIDS_WRITE_OPTIONS: dict[str, Any] = {
-    "compression": "zstd",
-    "use_dictionary": False,
-    "column_encoding": {"uid": "DELTA_BYTE_ARRAY"},
-}
 
 
 @dataclass(frozen=True)
@@ -685,10 +674,10 @@ def _gather_bucket(task: _GatherTask) -> int:
 
 
 def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging: Path) -> None:
-    """uids.npy and uids.parquet of the kept samples, sorted: from the pool's uid index when
+    """uids.npy of the kept samples, sorted: from the pool's uid index when
     it has one (mark the kept rows, gather them bucket by bucket: no uid decoded, none
     sorted), else through map -> reduce tasks (spill by prefix, sort each prefix); then
-    streamed into the two files in order."""
+    streamed into the file in order."""
     directory = staging / KEPT_DIR
     if directory.exists():
         shutil.rmtree(directory)
@@ -715,53 +704,19 @@ def _write_kept_uids(plan: _Plan, removed: list[list[Path]], kept: int, staging:
 def _stream_kept_uids(
     directory: Path, finished: Iterator[int], kept: int, layout: SubsetLayout
 ) -> int:
-    """Append each bucket's sorted uids to uids.npy and uids.parquet as soon as its task
-    finishes (``finished``: the tasks' counts, in bucket order), so writing overlaps the
-    tasks still running; returns the uids written."""
-    schema = pa.schema([("uid", pa.large_string())])
+    """Append each bucket's sorted uids to uids.npy as soon as its task finishes
+    (``finished``: the tasks' counts, in bucket order), so writing overlaps the tasks still
+    running; returns the uids written."""
     written = 0
-    with (
-        atomic_path(layout.uids_npy) as npy_tmp,
-        open(npy_tmp, "wb") as npy,
-        atomic_path(layout.uids_parquet) as parquet_tmp,
-        pq.ParquetWriter(parquet_tmp, schema, **UIDS_WRITE_OPTIONS) as writer,
-    ):
+    with atomic_path(layout.uids_npy) as npy_tmp, open(npy_tmp, "wb") as npy:
         descr = np.lib.format.dtype_to_descr(SUBSET_DTYPE)
         header = {"descr": descr, "fortran_order": False, "shape": (kept,)}
         np.lib.format.write_array_header_1_0(npy, header)  # the header np.save writes
-
-        def characters() -> Iterator[pa.Array]:
-            nonlocal written
-            for bucket, _ in enumerate(finished):
-                pairs = np.load(_sorted_path(directory, bucket))
-                npy.write(pairs.data)
-                written += len(pairs)
-                if len(pairs):
-                    yield hex_chars_to_arrow(hex_chars(pairs))
-
-        for group in _row_groups(characters(), UIDS_ROW_GROUP):
-            writer.write_table(pa.table({"uid": group}, schema=schema))
-        if written == 0:
-            writer.write_table(schema.empty_table())
+        for bucket, _ in enumerate(finished):
+            pairs = np.load(_sorted_path(directory, bucket))
+            npy.write(pairs.data)
+            written += len(pairs)
     return written
-
-
-def _row_groups(arrays: Iterator[pa.Array], size: int) -> Iterator[pa.ChunkedArray]:
-    """Regroup ``arrays`` into columns of exactly ``size`` values (the last may be shorter),
-    so the file has the row groups ``pq.write_table`` gives the whole column (zero-copy
-    slices: a group may span arrays)."""
-    pending: list[pa.Array] = []
-    pending_rows = 0
-    for array in arrays:
-        pending.append(array)
-        pending_rows += len(array)
-        while pending_rows >= size:
-            joined = pa.chunked_array(pending)
-            yield joined.slice(0, size)
-            rest = joined.slice(size)
-            pending, pending_rows = list(rest.chunks), len(rest)
-    if pending_rows:
-        yield pa.chunked_array(pending)
 
 
 def _kept_rows(plan: _Plan, removed: list[list[Path]]) -> pl.DataFrame:

@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from curate.core.errors import NotAPoolError
+from curate.core.kept_uids import kept_uids
 from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, read_manifest
 from curate.core.pool import Pool
@@ -47,7 +48,7 @@ class Subset:
 
     def uids(self) -> pl.Series:
         """The kept uids, sorted."""
-        return pl.read_parquet(self.layout.uids_parquet, columns=["uid"])["uid"]
+        return kept_uids(self.layout)
 
     def samples(self, columns: list[str] | None = None) -> pl.DataFrame:
         """Rows of the kept samples (pool order), with ``shard``/``key`` under images_root."""
@@ -56,7 +57,7 @@ class Subset:
         assert self.parent is not None
         wanted = columns if columns is None or "uid" in columns else [*columns, "uid"]
         rows = self.parent.scan_samples().select(wanted or pl.all())
-        kept = pl.scan_parquet(self.layout.uids_parquet).select("uid")
+        kept = kept_uids(self.layout).to_frame().lazy()
         rows = rows.join(kept, on="uid", how="semi", maintain_order="left").collect()
         return rows if columns is None or "uid" in columns else rows.drop("uid")
 

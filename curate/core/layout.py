@@ -19,9 +19,12 @@ A candidate pool (the output of ``curate build-pool``)::
 
     OUT/
       manifest.json            kind = "subset", the parent pool's path and id, provenance
-      uids.parquet             kept uids (sorted)
-      uids.npy                 DataComp subset file (sorted u8,u8 pairs)
-      decisions.parquet        compact: the rows each stage removed (and scores it computed);
+      uids.npy                 the kept uids: DataComp's subset file (sorted u8,u8 pairs);
+                               curate.core.kept_uids reads them as strings
+      uids.parquet             the kept uids as strings, in candidate pools written before
+                               uids.npy became the one copy (still read)
+      decisions.parquet        compact: the rows each stage removed (and scores it computed),
+                               as bitmaps for a stage with one reason and no scores of its own;
                                read it as one row per sample and stage with
                                curate.core.decisions_view.scan_decisions or `curate sql`
       stages.parquet           per stage: in, out, seconds

@@ -10,7 +10,7 @@ relative to the parent folder that was searched)::
     clip_scores    embeddings/*/clip_score.parquet, with the set's name in ``embedding``
     decisions      decisions.parquet of candidate pools (one row per sample and stage)
     stages         stages.parquet of candidate pools (per stage: in, out, seconds)
-    kept           uids.parquet of candidate pools (the kept uids)
+    kept           the kept uids of candidate pools (from uids.npy, as strings)
     results        every results/<run_id>/results.jsonl record, with ``run_id``
     ingest_report  ingest_report.json: accepted, skipped, skipped_by_reason, skip_examples
 
@@ -54,6 +54,7 @@ from duckdb.sqltypes import DuckDBPyType
 
 from curate.core.embedding_store import list_embeddings, load_embeddings
 from curate.core.errors import InputNotFoundError, NotAPoolError, UserInputError
+from curate.core.kept_uids import has_kept_uids, kept_uids_relation
 from curate.core.layout import MANIFEST, PoolLayout, SubsetLayout
 from curate.core.manifest import Manifest, read_manifest
 from curate.eval.external_results import EXTERNAL_RESULTS_FILE, EXTERNAL_RESULTS_KIND
@@ -179,6 +180,13 @@ def _samples_dataset(root: Path) -> ds.Dataset | None:
 
 
 @dataclass(frozen=True)
+class _KeptUids:
+    """A candidate pool's kept uids (curate.core.kept_uids makes them a relation)."""
+
+    layout: SubsetLayout
+
+
+@dataclass(frozen=True)
 class _CompactDecisions:
     """A compact decisions.parquet and its parent pool's samples (curate.core.decisions_view)."""
 
@@ -268,11 +276,9 @@ def _pool_row(pool: PoolDir) -> dict[str, Any]:
 def _add_subset_sources(sources: _Sources, pool: PoolDir) -> str | None:
     """Views of a candidate pool; returns a note when its samples cannot be shown."""
     layout = SubsetLayout(pool.root)
-    for view, path in (
-        ("kept", layout.uids_parquet),
-        ("decisions", layout.decisions),
-        ("stages", layout.stages),
-    ):
+    if has_kept_uids(layout):
+        sources.add("kept", pool.label, _KeptUids(layout))
+    for view, path in (("decisions", layout.decisions), ("stages", layout.stages)):
         if view == "decisions" and (compact := _compact_decisions(pool, path)) is not None:
             sources.add(view, pool.label, compact)
         elif (data := _dataset(path)) is not None:
@@ -284,11 +290,9 @@ def _add_subset_sources(sources: _Sources, pool: PoolDir) -> str | None:
     parent_samples = _samples_dataset(Path(parent)) if parent else None
     if parent_samples is None:
         return f"{pool.label}: its parent pool {parent} is missing, so `samples` has no rows for it"
-    if not layout.uids_parquet.is_file():
-        return (
-            f"{pool.label}: {layout.uids_parquet.name} is missing, so `samples` has no rows for it"
-        )
-    sources.add("samples", pool.label, (parent_samples, ds.dataset(layout.uids_parquet)))
+    if not has_kept_uids(layout):
+        return f"{pool.label}: {layout.uids_npy.name} is missing, so `samples` has no rows for it"
+    sources.add("samples", pool.label, (parent_samples, _KeptUids(layout)))
     return None
 
 
@@ -397,9 +401,11 @@ class PoolCatalog:
 
             relation = decisions_relation(con, data.decisions, data.samples, data.info)
             return relation.project(f"{pool} AS pool, *")
+        if isinstance(data, _KeptUids):
+            return kept_uids_relation(con, data.layout).project(f"{pool} AS pool, *")
         if view == "samples" and isinstance(data, tuple):  # a candidate pool without shards
-            parent, kept = (con.from_arrow(part) for part in data)
-            return parent.join(kept.project("uid"), "uid", how="semi").project(f"{pool} AS pool, *")
+            parent, kept = con.from_arrow(data[0]), kept_uids_relation(con, data[1].layout)
+            return parent.join(kept, "uid", how="semi").project(f"{pool} AS pool, *")
         if view == "clip_scores":
             name, scores = data
             return con.from_arrow(scores).project(
