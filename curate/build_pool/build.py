@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import polars as pl
@@ -59,6 +60,7 @@ from curate.core.errors import InputNotFoundError, UserInputError
 from curate.core.executor import Executor, LocalExecutor
 from curate.core.layout import SubsetLayout
 from curate.core.manifest import Manifest, produced_by
+from curate.core.npy_header import read_npy_header
 from curate.core.pool import SHARD_ROWS, Pool, ShardRows, TableShard
 from curate.core.uid import (
     SUBSET_DTYPE,
@@ -139,10 +141,10 @@ class _Plan:
     shard_rows: int
     executor: Executor
     device: str
+    stage_dirs: dict[int, Path]  # by stage index: where its resumable state lives
 
     def stage_dir(self, stage: RecipeStage) -> Path:
-        key = _stage_key(self.identity, self.recipe, stage, self.shard_rows)
-        return self.resume / f"{stage.index:03d}-{stage.name}-{key[:16]}"
+        return self.stage_dirs[stage.index]
 
     def parts(self, stage: RecipeStage) -> list[Path]:
         return [self.stage_dir(stage) / PARTS / f"{s.index:06d}.parquet" for s in self.shards]
@@ -203,6 +205,7 @@ def build_pool(
             shard_rows,
             executor,
             device,
+            {s.index: _stage_dir(resume, identity, recipe, s, shard_rows) for s in stages},
         )
         pool_count = sum(shard.rows for shard in plan.shards)
         stage_stats = _run_stages(plan, pool_count, observer)
@@ -537,6 +540,13 @@ def _pool_identity(pool: Pool, recipe: Recipe) -> dict[str, Any]:
     return identity
 
 
+def _stage_dir(
+    resume: Path, identity: dict[str, Any], recipe: Recipe, stage: RecipeStage, shard_rows: int
+) -> Path:
+    key = _stage_key(identity, recipe, stage, shard_rows)
+    return resume / f"{stage.index:03d}-{stage.name}-{key[:16]}"
+
+
 def _stage_key(
     identity: dict[str, Any], recipe: Recipe, stage: RecipeStage, shard_rows: int
 ) -> str:
@@ -712,11 +722,28 @@ def _stream_kept_uids(
         descr = np.lib.format.dtype_to_descr(SUBSET_DTYPE)
         header = {"descr": descr, "fortran_order": False, "shape": (kept,)}
         np.lib.format.write_array_header_1_0(npy, header)  # the header np.save writes
+        npy.flush()
         for bucket, _ in enumerate(finished):
-            pairs = np.load(_sorted_path(directory, bucket))
-            npy.write(pairs.data)
-            written += len(pairs)
+            written += _append_npy_data(_sorted_path(directory, bucket), npy)
     return written
+
+
+def _append_npy_data(path: Path, target: BinaryIO) -> int:
+    """Append the data of the ``.npy`` file at ``path`` to ``target`` (copied by the kernel,
+    never through this process's memory); returns its rows."""
+    with open(path, "rb") as source:
+        header = read_npy_header(source)
+        if header.dtype != SUBSET_DTYPE or len(header.shape) != 1:
+            raise RuntimeError(f"{path}: {header.dtype} {header.shape}, expected u8,u8 pairs")
+        remaining = header.shape[0] * SUBSET_DTYPE.itemsize
+        offset = header.offset
+        while remaining:
+            copied = os.copy_file_range(source.fileno(), target.fileno(), remaining, offset)
+            if copied == 0:
+                raise RuntimeError(f"{path} ends {remaining} bytes early")
+            offset += copied
+            remaining -= copied
+    return header.shape[0]
 
 
 def _kept_rows(plan: _Plan, removed: list[list[Path]]) -> pl.DataFrame:
