@@ -11,14 +11,14 @@ pool order (one per block of ``CompactInfo.bitmap_rows`` rows with a removal), t
 rows; :mod:`curate.core.decisions_view` expands it back to one row per sample and stage (the
 ``decisions`` view of ``curate sql`` and the report).
 
-One stage removing 70 % of 12.8M rows stores 1.6 MB (a bit per pool row) where the full form
+One stage removing 70 % of 12.8M rows stores 1.4 MB (a bit per pool row) where the full form
 took 326 MB, and writing it takes a few milliseconds where its 8.9M rows took 0.4 CPU-s.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -150,12 +150,12 @@ def assemble(
     written = 0
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, **FILE_WRITE_OPTIONS) as writer:
         for index, parts in stages:
-            bitmaps = _bitmaps(parts)
-            if bitmaps is None:
+            reason = _bitmap_reason(parts)
+            if reason is None:
                 groups = _row_groups(_tables(index, parts, schema), row_group_rows)
                 tables = (_normal_reasons(group) for group in groups)
             else:
-                tables = _bitmap_tables(index, bitmaps, info, schema)
+                tables = _bitmap_tables(index, parts, reason, info, schema)
             for table in tables:
                 writer.write_table(table)
                 written += table.num_rows
@@ -164,29 +164,25 @@ def assemble(
     return written
 
 
-def _bitmaps(parts: Sequence[Path]) -> list[Bitmap] | None:
-    """The stage's parts as bitmaps, when every part with rows is one and all share one
-    reason; else None (the stage is written as rows)."""
-    bitmaps = []
+def _bitmap_reason(parts: Sequence[Path]) -> str | None:
+    """The stage's one reason when every part with rows is a bitmap and all share it; else
+    None (the stage is written as rows). One part in memory at a time."""
+    reasons = set()
     for part in parts:
         bitmap = read_bitmap(part)
         if bitmap is None:
             if pq.ParquetFile(part).metadata.num_rows:
                 return None
             continue  # a part of no rows (a shard the stage did not see)
-        if bitmaps and bitmap.reason != bitmaps[0].reason:
-            return None
-        bitmaps.append(bitmap)
-    return bitmaps
+        reasons.add(bitmap.reason)
+    return reasons.pop() if len(reasons) == 1 else None
 
 
 def _bitmap_tables(
-    index: int, bitmaps: list[Bitmap], info: CompactInfo, schema: pa.Schema
+    index: int, parts: Sequence[Path], reason: str, info: CompactInfo, schema: pa.Schema
 ) -> Iterator[pa.Table]:
     """The stage's bitmap records, in row groups of ``BITMAP_GROUP_RECORDS``."""
-    if not bitmaps:
-        return
-    reason = bitmaps[0].reason
+    bitmaps = (bitmap for part in parts if (bitmap := read_bitmap(part)) is not None)
     records = _blocks(bitmaps, info.pool_rows, info.bitmap_rows)
     while group := list(itertools.islice(records, BITMAP_GROUP_RECORDS)):
         count = len(group)
@@ -204,10 +200,12 @@ def _bitmap_tables(
         yield pa.table(columns, schema=schema)
 
 
-def _blocks(bitmaps: list[Bitmap], pool_rows: int, block_rows: int) -> Iterator[tuple[int, bytes]]:
+def _blocks(
+    bitmaps: Iterable[Bitmap], pool_rows: int, block_rows: int
+) -> Iterator[tuple[int, bytes]]:
     """(first row, bits) of every block of ``block_rows`` pool rows with a removed row: the
     parts' bits (ascending, not overlapping) laid out in pool order, most significant bit
-    first. One block in memory at a time."""
+    first. One block and one part in memory at a time."""
     block = np.zeros(block_rows, dtype=bool)
     start = 0
 
