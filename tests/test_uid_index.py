@@ -52,7 +52,7 @@ def _folder(root, sizes=(300, 200, 250), seed=0, repeat_at=None):
 
 def test_sorted_bucket_is_numpy_sort_and_finds_a_repeat():
     rng = np.random.default_rng(3)
-    halves = rng.integers(0, 2**63, size=(5000, 2), dtype=np.int64).astype(np.uint64)
+    halves = rng.integers(0, 2**64, size=(5000, 2), dtype=np.uint64)  # top bit set in half
     halves[::7, 0] = halves[0, 0]  # many equal high halves: the low half breaks the ties
     rows = rng.permutation(5000).astype(np.int64)
     pairs, sorted_rows, repeated = sorted_bucket(halves, rows)

@@ -48,17 +48,16 @@ def sorted_bucket(halves: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.
     """One bucket's uids sorted as DataComp sorts them (high half, then low half), their rows
     in the same order, and the position of the first uid equal to the one before it (-1:
     none)."""
-    frame = pl.DataFrame({"f0": halves[:, 0], "f1": halves[:, 1]}).with_row_index("at")
-    order = frame.sort("f0", "f1")["at"].to_numpy()  # polars: several times np.lexsort's speed
-    pairs = np.empty(len(order), dtype=SUBSET_DTYPE)
-    pairs["f0"], pairs["f1"] = halves[order, 0], halves[order, 1]
-    same = (pairs["f0"][1:] == pairs["f0"][:-1]) & (pairs["f1"][1:] == pairs["f1"][:-1])
-    repeated = np.flatnonzero(same)
-    return (
-        pairs,
-        np.asarray(rows, dtype=np.int64)[order],
-        int(repeated[0]) + 1 if len(repeated) else -1,
-    )
+    # polars sorts the three columns together (3.2M uids: 0.19 s; an index sorted by polars,
+    # then numpy gathers: 0.53 s)
+    ordered = pl.DataFrame(
+        {"f0": halves[:, 0], "f1": halves[:, 1], "row": np.asarray(rows, dtype=np.int64)}
+    ).sort("f0", "f1")
+    f0, f1 = ordered["f0"].to_numpy(), ordered["f1"].to_numpy()
+    pairs = np.empty(len(f0), dtype=SUBSET_DTYPE)
+    pairs["f0"], pairs["f1"] = f0, f1
+    repeated = np.flatnonzero((f0[1:] == f0[:-1]) & (f1[1:] == f1[:-1]))
+    return pairs, ordered["row"].to_numpy(), int(repeated[0]) + 1 if len(repeated) else -1
 
 
 @dataclass(frozen=True)
