@@ -4,6 +4,7 @@ round trip, determinism, resume after a crash and after SIGKILL, the lock, resha
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -237,6 +238,24 @@ def test_same_recipe_pool_and_seed_give_identical_bytes(pool_dir, tmp_path):
         build_pool(_recipe(), pool_dir, tmp_path / name)
     for file in ("uids.npy", "decisions.parquet"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
+
+
+@pytest.mark.parametrize("kernel_copy", ["missing", "refused"])
+def test_uids_npy_is_the_same_without_the_kernel_copy(pool_dir, tmp_path, monkeypatch, kernel_copy):
+    """uids.npy is appended by copy_file_range where the OS has it; without it (macOS) or
+    when the file system refuses it, through a buffer: the same bytes."""
+    build_pool(_recipe(), pool_dir, tmp_path / "kernel")
+    if kernel_copy == "missing":
+        monkeypatch.delattr(os, "copy_file_range")
+    else:
+
+        def refuse(*args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    build_pool(_recipe(), pool_dir, tmp_path / "buffer")
+    kept = (tmp_path / "kernel" / "uids.npy").read_bytes()
+    assert len(kept) > 128 and (tmp_path / "buffer" / "uids.npy").read_bytes() == kept
 
 
 def _same_outputs(a: Path, b: Path) -> None:

@@ -31,6 +31,7 @@ same bytes on every executor and for every worker count.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -729,21 +730,37 @@ def _stream_kept_uids(
 
 
 def _append_npy_data(path: Path, target: BinaryIO) -> int:
-    """Append the data of the ``.npy`` file at ``path`` to ``target`` (copied by the kernel,
-    never through this process's memory); returns its rows."""
+    """Append the data of the ``.npy`` file at ``path`` to ``target`` (flushed; its file
+    position is the end); returns its rows."""
     with open(path, "rb") as source:
         header = read_npy_header(source)
         if header.dtype != SUBSET_DTYPE or len(header.shape) != 1:
             raise RuntimeError(f"{path}: {header.dtype} {header.shape}, expected u8,u8 pairs")
-        remaining = header.shape[0] * SUBSET_DTYPE.itemsize
-        offset = header.offset
-        while remaining:
-            copied = os.copy_file_range(source.fileno(), target.fileno(), remaining, offset)
-            if copied == 0:
-                raise RuntimeError(f"{path} ends {remaining} bytes early")
-            offset += copied
-            remaining -= copied
+        size = header.shape[0] * SUBSET_DTYPE.itemsize
+        _copy_range(source.fileno(), target.fileno(), header.offset, size)
     return header.shape[0]
+
+
+def _copy_range(source: int, target: int, offset: int, count: int) -> None:
+    """``count`` bytes of ``source`` from ``offset``, written at ``target``'s position: copied
+    by the kernel where it can (Linux's copy_file_range: nothing through this process's
+    memory), else through a buffer."""
+    if hasattr(os, "copy_file_range"):
+        try:
+            while count:
+                copied = os.copy_file_range(source, target, count, offset)
+                if copied == 0:
+                    raise RuntimeError(f"file descriptor {source} ends {count} bytes early")
+                offset, count = offset + copied, count - copied
+        except OSError as error:  # a file system or kernel without it: the buffer below
+            if error.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    while count:
+        chunk = os.pread(source, min(count, 16 << 20), offset)
+        if not chunk:
+            raise RuntimeError(f"file descriptor {source} ends {count} bytes early")
+        written = os.write(target, chunk)
+        offset, count = offset + written, count - written
 
 
 def _kept_rows(plan: _Plan, removed: list[list[Path]]) -> pl.DataFrame:
