@@ -50,3 +50,11 @@ def test_a_uids_npy_of_another_dtype_is_named(tmp_path):
     np.save(layout.uids_npy, np.arange(4, dtype=np.uint64))
     with pytest.raises(ValueError, match="uids.npy: expected DataComp's subset array"):
         kept_uids(layout)
+
+
+def test_no_kept_uids(tmp_path):
+    layout = SubsetLayout(tmp_path)
+    save_subset([], layout.uids_npy)
+    assert kept_uids(layout).to_list() == []
+    relation = kept_uids_relation(duckdb.connect(), layout)
+    assert relation.columns == ["uid"] and relation.pl().height == 0
