@@ -33,6 +33,7 @@ from curate.core.decisions_view import BITMAP_COLUMN, METADATA_KEY, CompactInfo
 from curate.core.stage_parts import (
     PART_SCHEMA,
     Bitmap,
+    bitmap_reason,
     read_bitmap,
     read_part,
     write_removed_bitmap,
@@ -166,15 +167,15 @@ def assemble(
 
 def _bitmap_reason(parts: Sequence[Path]) -> str | None:
     """The stage's one reason when every part with rows is a bitmap and all share it; else
-    None (the stage is written as rows). One part in memory at a time."""
+    None (the stage is written as rows). Only the parts' footers and reasons are read."""
     reasons = set()
     for part in parts:
-        bitmap = read_bitmap(part)
-        if bitmap is None:
+        reason = bitmap_reason(part)
+        if reason is None:
             if pq.ParquetFile(part).metadata.num_rows:
                 return None
             continue  # a part of no rows (a shard the stage did not see)
-        reasons.add(bitmap.reason)
+        reasons.add(reason)
     return reasons.pop() if len(reasons) == 1 else None
 
 

@@ -145,30 +145,25 @@ def _stored_rows(path: Path, info: CompactInfo) -> pl.LazyFrame:
     """The file's records as rows (``stage_index``, ``row``, ``kept``, ``reason``,
     ``score``): each bitmap record expanded to a row per removed row of its block."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     stored = pl.scan_parquet(path).with_columns(pl.col("reason").cast(pl.String))
-    if BITMAP_COLUMN not in pq.read_schema(path).names:
+    if BITMAP_COLUMN not in stored.collect_schema().names():
         return stored
     records = stored.filter(pl.col(BITMAP_COLUMN).is_null()).drop(BITMAP_COLUMN)
     bitmaps = stored.filter(pl.col(BITMAP_COLUMN).is_not_null()).collect()
-    stages, rows, reasons, counts = [], [], [], []
-    for stage, first, reason, bits in bitmaps.select(
-        "stage_index", "row", "reason", BITMAP_COLUMN
-    ).iter_rows():
+    rows, counts = [], []
+    for first, bits in bitmaps.select("row", BITMAP_COLUMN).iter_rows():
         span = min(info.bitmap_rows, info.pool_rows - first)
         removed = np.unpackbits(np.frombuffer(bits, np.uint8), count=span, bitorder="big")
         rows.append(np.flatnonzero(removed).astype(np.uint64) + np.uint64(first))
-        stages.append(np.full(len(rows[-1]), stage, np.uint16))
-        reasons.append(reason)
         counts.append(len(rows[-1]))
     record_of_row = np.repeat(np.arange(len(counts)), counts)
     expanded = pl.DataFrame(
         {
-            "stage_index": pl.Series(np.concatenate(stages) if stages else [], dtype=pl.UInt16),
+            "stage_index": bitmaps["stage_index"].gather(record_of_row),
             "row": pl.Series(np.concatenate(rows) if rows else [], dtype=pl.UInt64),
             "kept": pl.repeat(False, len(record_of_row), eager=True),
-            "reason": pl.Series(reasons, dtype=pl.String).gather(record_of_row),
+            "reason": bitmaps["reason"].gather(record_of_row),
             "score": pl.repeat(None, len(record_of_row), dtype=pl.Float32, eager=True),
         }
     )

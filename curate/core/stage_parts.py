@@ -11,7 +11,8 @@ Two forms, both parquet files:
   It is written and read several times faster than the same rows as a column.
 
 :func:`read_part` gives either as the rows form; :func:`removed_rows` gives the rows removed;
-:func:`read_bitmap` gives a bitmap part as it is (None for the rows form).
+:func:`read_bitmap` gives a bitmap part as it is and :func:`bitmap_reason` its reason (None
+for the rows form).
 """
 
 from __future__ import annotations
@@ -69,6 +70,14 @@ def read_bitmap(path: Path) -> Bitmap | None:
     is read)."""
     part = pq.ParquetFile(path)
     return _as_bitmap(part.read()) if part.schema_arrow.names == BITMAP_SCHEMA.names else None
+
+
+def bitmap_reason(path: Path) -> str | None:
+    """The reason of a bitmap part (its bits are not read); None for the rows form."""
+    part = pq.ParquetFile(path)
+    if part.schema_arrow.names != BITMAP_SCHEMA.names:
+        return None
+    return part.read(columns=["reason"]).column("reason")[0].as_py()
 
 
 def read_part(path: Path) -> pa.Table:
