@@ -15,11 +15,14 @@ and its CPU seconds (it and its reaped workers, from os.wait4):
 
   near_dedup   `curate build-pool` of a one-stage recipe (index: auto, so IVF at this size,
                with its tasks on --executor/--workers); the stage itself reports its recall
-               against brute force on --recall-sample query rows (computed inside the same
-               command, as tasks over blocks of the file).
+               against the exact search on a seeded sample of --recall-sample query rows
+               (computed inside the same command: the brute force's pairs, with the IVF lists
+               that the triangle inequality rules out left out, as tasks per group of lists).
   exact        the baseline, in the same run: brute-force search (chunked numpy products over
-               the float16 file, as the stage's recall check) for the same number of query
-               rows; its time × N / queries extrapolates exact all-pairs search.
+               the float16 file) for the stage's query sample; its pairs must be as many as
+               the stage's exact search found (asserted), and its time × N / queries
+               extrapolates exact all-pairs search. Skip it at 12.8M rows: 100,000 query rows
+               are ~2·10¹⁵ flops (about 9 CPU-hours on 2 cores).
   image_based  `curate build-pool` of a one-stage recipe (k-means with --n-clusters on a
                --train-sample seeded sample, then the assignment as tasks).
   in_memory    (``--check-in-memory``, default up to 2M rows) the in-memory path: the whole
@@ -217,8 +220,8 @@ def step_exact(args: argparse.Namespace, work: Path) -> dict:
     configure_threads()
     image = NpyFile.open(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy")
     rows = Survivors(image, np.arange(len(image)))
-    queries = np.sort(
-        np.random.default_rng(3).choice(len(image), args.recall_sample, replace=False)
+    queries = np.sort(  # the stage's recall sample (the recipe's seed, 0)
+        np.random.default_rng(0).choice(len(image), args.recall_sample, replace=False)
     )
     started = _usage()
     query_vectors = rows.take(queries)
@@ -452,6 +455,12 @@ def report(results: dict[str, Any]) -> None:
             f"{exact['all_pairs_wall_s']:,.0f} s wall, {exact['all_pairs_cpu_s']:,.0f} s CPU"
         )
     if near and exact:
+        stage_pairs = near["report"].get("recall_exact_pairs")
+        print(
+            f"exact pairs of the sample: brute force {exact['exact_pairs']:,}, the stage's "
+            f"list-bounded exact search {stage_pairs:,}"
+        )
+        assert stage_pairs == exact["exact_pairs"], "the stage's exact search missed pairs"
         print(
             f"build-pool near_dedup vs exact all-pairs: "
             f"{exact['all_pairs_wall_s'] / near['wall_s']:.1f}x wall, "

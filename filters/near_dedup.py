@@ -4,8 +4,10 @@ Pairs with cosine ≥ ``threshold`` are found by a FAISS range search (exact bel
 ``curate.dedup.knn.FLAT_MAX_ROWS`` rows, IVF above: see that module for the nlist and nprobe
 rules); rows linked by pairs, directly or through others, form a group, and each group keeps
 one row: the lowest pool row, or the highest CLIP score (ties to the lower row). When the
-search is approximate the report gives its recall against brute force on a seeded sample of
-query rows (``recall_sample``).
+search is approximate the report gives its recall against the exact search on a seeded
+sample of query rows (``recall_sample``): the brute force's pairs, found by searching each
+query row against every IVF list that the triangle inequality cannot rule out
+(:func:`curate.dedup.ivf.exact_pairs_bounded`; all of them at worst, the brute force's cost).
 
 The IVF search runs out of core, as tasks on the build's executor
 (:mod:`curate.dedup.ivf`): the lists trained on a seeded sample, each block of
@@ -21,7 +23,7 @@ and kept set as ``flat``, in memory ``4·shard_rows·d`` plus the pairs instead 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -30,7 +32,7 @@ from pydantic import Field, model_validator
 from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.cache import cached_arrays
 from curate.dedup.groups import GroupKeep, connected_components, keep_one_per_group, keep_order
-from curate.dedup.ivf import exact_pairs_blocked, ivf_pairs
+from curate.dedup.ivf import IvfLists, exact_pairs_bounded, ivf_lists, ivf_pairs
 from curate.dedup.knn import Pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_pairs_on_executor
 from curate.filters.dedup_inputs import (
@@ -72,7 +74,7 @@ class NearDedupParams(StageParams):
         None, ge=1, description="IVF lists scanned per query (default: curate.dedup.knn's rule)"
     )
     recall_sample: int = Field(
-        1000, ge=0, description="query rows checked against brute force when the index is IVF"
+        1000, ge=0, description="query rows checked against the exact search when the index is IVF"
     )
     task_rows: int | None = task_rows_field()
 
@@ -97,6 +99,7 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     n = ctx.rows.height
     rows = survivors(ctx)
     gpu = use_gpu(ctx)
+    searched_lists: Callable[[], IvfLists] | None = None  # an IVF search's lists, for its recall
     if params.index == "sharded_flat":
         shard_rows = params.shard_rows or SHARD_ROWS
         plan_description = describe_sharded(shard_rows)
@@ -116,25 +119,43 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         plan = plan_index(n, params.index, params.nprobe)
         plan_description = plan.describe()
 
+        ivf_work = step_dir(
+            ctx, "near-ivf", threshold=params.threshold, plan=plan_description, gpu=gpu
+        )
+        task_rows = params.task_rows or TASK_ROWS
+
         def find_pairs() -> Pairs:
             if plan.exact:  # up to FLAT_MAX_ROWS rows unless asked: in memory, 8·N·d bytes
                 return self_pairs(rows.block(0, n), params.threshold, plan, progress=True)
-            work = step_dir(
-                ctx, "near-ivf", threshold=params.threshold, plan=plan_description, gpu=gpu
-            )
             return ivf_pairs(
                 rows,
                 rows_file(ctx, rows),
                 params.threshold,
                 plan,
-                work,
+                ivf_work,
                 seed=ctx.seed,
                 executor=ctx.executor,
-                task_rows=params.task_rows or TASK_ROWS,
+                task_rows=task_rows,
                 gpu=gpu,
                 torch_device="cuda" if gpu else None,
                 progress=True,
             )
+
+        def ivf_search_lists() -> IvfLists:  # from the search's work folder
+            return ivf_lists(
+                rows,
+                plan,
+                ivf_work,
+                seed=ctx.seed,
+                executor=ctx.executor,
+                task_rows=task_rows,
+                gpu=gpu,
+                gpus=1 if gpu else 0,
+                progress=True,
+            )
+
+        if not plan.exact:
+            searched_lists = ivf_search_lists
 
     def search() -> dict[str, np.ndarray]:
         pairs = find_pairs()
@@ -161,8 +182,8 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         "rows_in_groups": int(np.isfinite(best).sum()),
         "removed": int((~keep).sum()),
     }
-    if not plan_description["exact"] and params.recall_sample:
-        report.update(_recall_report(ctx, rows, pairs, params))
+    if searched_lists is not None and params.recall_sample:
+        report.update(_recall_report(ctx, rows, pairs, params, searched_lists()))
     return StageResult(
         keep=keep,
         reason=reasons_naming(
@@ -177,29 +198,36 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
 
 
 def _recall_report(
-    ctx: StageContext, rows: Survivors, pairs: Pairs, params: NearDedupParams
+    ctx: StageContext, rows: Survivors, pairs: Pairs, params: NearDedupParams, lists: IvfLists
 ) -> dict:
-    """Recall of the found pairs against brute force from a seeded sample of query rows (the
-    brute force runs as tasks over blocks of the file)."""
+    """Recall of the found pairs against the exact search from a seeded sample of query rows
+    (the brute force's pairs, with the lists that cannot hold one left out:
+    :func:`curate.dedup.ivf.exact_pairs_bounded`); ``recall_exact_scanned`` is the share of
+    the brute force's products it made."""
     rng = np.random.default_rng(ctx.seed)
     queries = np.sort(
         rng.choice(len(rows), size=min(len(rows), params.recall_sample), replace=False)
     )
     work = step_dir(
-        ctx, "near-exact", threshold=params.threshold, recall_sample=params.recall_sample
+        ctx,
+        "near-exact",
+        threshold=params.threshold,
+        recall_sample=params.recall_sample,
+        lists=lists.centroids.parent.name,  # the search's work folder, named by its key
     )
-    exact = exact_pairs_blocked(
+    exact, scanned = exact_pairs_bounded(
         rows,
         rows_file(ctx, rows),
         queries,
         params.threshold,
+        lists,
         work,
         executor=ctx.executor,
-        task_rows=params.task_rows or TASK_ROWS,
         progress=True,
     )
     return {
         "recall_vs_exact": pair_recall(pairs, exact, queries, len(rows)),
         "recall_query_rows": len(queries),
         "recall_exact_pairs": len(exact),
+        "recall_exact_scanned": round(scanned, 6),
     }

@@ -21,11 +21,12 @@ from curate.core.errors import UserInputError
 from curate.core.executor import Executor, LocalExecutor, RayExecutor
 from curate.core.manifest import Manifest, produced_by
 from curate.dedup import blocks as blocks_module
+from curate.dedup import ivf as ivf_module
 from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_bounds
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
 from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
-from curate.dedup.ivf import exact_pairs_blocked, ivf_pairs, list_groups
+from curate.dedup.ivf import exact_pairs_bounded, ivf_lists, ivf_pairs, list_groups
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
 from curate.dedup.nearest import nearest_blocked
 from curate.dedup.semdedup import semdedup_scores, semdedup_scores_blocked
@@ -142,13 +143,73 @@ def test_list_groups_hold_consecutive_lists_up_to_the_bound():
     assert list_groups(sizes, 100).tolist() == [0] * 7
 
 
-def test_exact_pairs_blocked_is_exact_pairs(survivors, in_memory, rows_file, tmp_path):
+def test_exact_pairs_bounded_is_exact_pairs(survivors, in_memory, rows_file, tmp_path, monkeypatch):
+    """The list-bounded exact search against the in-memory brute force: the same pairs and
+    cosines, with lists left out, and pairs whose rows are filed in different lists (so
+    that searching a query's own lists only, or misjudging a radius, would fail)."""
     queries = np.sort(np.random.default_rng(0).choice(len(survivors), 700, replace=False))
     reference = exact_pairs(in_memory, queries, THRESHOLD)
-    found = exact_pairs_blocked(survivors, rows_file, queries, THRESHOLD, tmp_path, task_rows=TASK)
+    plan = plan_index(len(survivors), "ivf", nprobe=4)
+    lists = ivf_lists(survivors, plan, tmp_path / "ivf", seed=3, task_rows=TASK)
+    filed_in = np.concatenate([np.load(f)["lists"][:, 0] for f in lists.list_files])
     assert len(reference) > 50
+    assert (filed_in[reference.left] != filed_in[reference.right]).sum() >= 5
+    runs = {"one group": (1 << 20, 1 << 22), "groups": (1500, 1 << 22), "spans": (1500, 40)}
+    for run, (group_rows, probe_entries) in runs.items():
+        monkeypatch.setattr(ivf_module, "PROBE_ENTRIES", probe_entries)  # spans of few queries
+        found, scanned = exact_pairs_bounded(
+            survivors,
+            rows_file,
+            queries,
+            THRESHOLD,
+            lists,
+            tmp_path / run,
+            group_rows=group_rows,
+        )
+        np.testing.assert_array_equal(found.left, reference.left)
+        np.testing.assert_array_equal(found.right, reference.right)
+        np.testing.assert_array_equal(found.similarity, reference.similarity)
+        assert 0 < scanned < 0.5
+
+
+def test_candidate_lists_reach_exactly_the_edge_of_the_bound(tmp_path):
+    """Hand-checked, in the plane: list 0's direction is 0°, its one row ``x`` at 30°; at
+    t = 0.95 (18.19°) a query at 48.0° is in a pair with ``x`` (18.0° apart) and must search
+    list 0, one at 48.6° is not (18.6°) and is past 30° + 18.19° + slack, so it need not. A
+    reach or a list angle misjudged by a tenth would fail."""
+    degrees = np.array([30.0, 180.0, 48.0, 48.6])  # x, a row of list 1, the two queries
+    radians = np.deg2rad(degrees)
+    vectors = np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float16)
+    np.save(tmp_path / "image.npy", vectors)
+    rows = Survivors(NpyFile.open(tmp_path / "image.npy"), np.arange(4))
+    centroids = np.array([[2.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
+    ivf_module.save_arrays(tmp_path / "lists.npz", lists=np.array([[0], [1], [1], [1]]))
+    task = ivf_module.ListAngleTask(
+        rows, tmp_path / "c.npz", tmp_path / "lists.npz", tmp_path / "a.npz"
+    )
+    ivf_module.save_arrays(task.centroids, centroids=centroids)
+    ivf_module.list_angles(task)
+    found = np.load(task.out)
+    np.testing.assert_allclose(np.rad2deg(found["angle"]), [30.0, 132.0], atol=0.05)
+    owner, listed = ivf_module.candidate_lists(
+        rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95
+    )
+    assert sorted(zip(owner.tolist(), listed.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 1)]
+    assert float(vectors[0].astype(np.float32) @ vectors[2].astype(np.float32)) >= 0.95
+
+
+def test_exact_pairs_bounded_searches_almost_every_list_at_a_low_threshold(
+    survivors, in_memory, rows_file, tmp_path
+):
+    queries = np.arange(0, len(survivors), 97)
+    reference = exact_pairs(in_memory, queries, 0.2)  # almost every list is within reach
+    plan = plan_index(len(survivors), "ivf", nprobe=1)
+    lists = ivf_lists(survivors, plan, tmp_path / "ivf", seed=3, task_rows=TASK)
+    found, scanned = exact_pairs_bounded(
+        survivors, rows_file, queries, 0.2, lists, tmp_path / "exact"
+    )
+    assert scanned > 0.99 and len(reference) > 10_000
     np.testing.assert_array_equal(found.left, reference.left)
-    np.testing.assert_array_equal(found.right, reference.right)
     np.testing.assert_array_equal(found.similarity, reference.similarity)
 
 
@@ -407,7 +468,7 @@ def test_build_pool_writes_the_same_bytes_on_every_executor(embedding_pool, tmp_
             build_pool(recipe, pool, tmp_path / run / "candidate", executor=recording)
         assert _contents(tmp_path / run / "candidate") == expected, run
         tasks = {name for name, parts in recording.calls if parts > 1}  # they ran there
-        assert {"nearest_part", "assign_lists", "exact_part", "semdedup_part"} <= tasks, run
+        assert {"nearest_part", "assign_lists", "list_angles", "semdedup_part"} <= tasks, run
     cuda = build_pool(
         recipe, pool, tmp_path / "cuda" / "candidate", device="cuda"
     )  # no GPU here: the CPU

@@ -200,6 +200,11 @@ def test_near_dedup_ivf_reports_recall(planted, tmp_path):
     )
     assert result.report["index"] == "ivf-fp16" and result.report["recall_query_rows"] == 500
     assert result.report["recall_vs_exact"] >= 0.95
+    # the exact side is the brute force's over the stored float16 vectors, same query sample
+    queries = np.sort(np.random.default_rng(ctx.seed).choice(len(planted), 500, replace=False))
+    stored = planted.astype(np.float16).astype(np.float32)
+    assert result.report["recall_exact_pairs"] == len(exact_pairs(stored, queries, THRESHOLD))
+    assert 0 < result.report["recall_exact_scanned"] < 1
 
 
 def test_exact_dedup_matches_groupby(tmp_path):
