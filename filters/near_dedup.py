@@ -7,7 +7,7 @@ one row: the lowest pool row, or the highest CLIP score (ties to the lower row).
 search is approximate the report gives its recall against the exact search on a seeded
 sample of query rows (``recall_sample``): the brute force's pairs, found by searching each
 query row against every IVF list that the triangle inequality cannot rule out
-(:func:`curate.dedup.ivf.exact_pairs_bounded`; all of them at worst, the brute force's cost).
+(:func:`curate.dedup.ivf_exact.exact_pairs_bounded`; all of them at worst, the brute force's cost).
 
 The IVF search runs out of core, as tasks on the build's executor
 (:mod:`curate.dedup.ivf`): the lists trained on a seeded sample, each block of
@@ -32,7 +32,8 @@ from pydantic import Field, model_validator
 from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.cache import cached_arrays
 from curate.dedup.groups import GroupKeep, connected_components, keep_one_per_group, keep_order
-from curate.dedup.ivf import IvfLists, exact_pairs_bounded, ivf_lists, ivf_pairs
+from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs
+from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import Pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_pairs_on_executor
 from curate.filters.dedup_inputs import (
@@ -202,7 +203,7 @@ def _recall_report(
 ) -> dict:
     """Recall of the found pairs against the exact search from a seeded sample of query rows
     (the brute force's pairs, with the lists that cannot hold one left out:
-    :func:`curate.dedup.ivf.exact_pairs_bounded`); ``recall_exact_scanned`` is the share of
+    :func:`curate.dedup.ivf_exact.exact_pairs_bounded`); ``recall_exact_scanned`` is the share of
     the brute force's products it made."""
     rng = np.random.default_rng(ctx.seed)
     queries = np.sort(

@@ -21,12 +21,13 @@ from curate.core.errors import UserInputError
 from curate.core.executor import Executor, LocalExecutor, RayExecutor
 from curate.core.manifest import Manifest, produced_by
 from curate.dedup import blocks as blocks_module
-from curate.dedup import ivf as ivf_module
+from curate.dedup import ivf_exact
 from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_bounds
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
 from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
-from curate.dedup.ivf import exact_pairs_bounded, ivf_lists, ivf_pairs, list_groups
+from curate.dedup.ivf import ivf_lists, ivf_pairs, list_groups
+from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
 from curate.dedup.nearest import nearest_blocked
 from curate.dedup.semdedup import semdedup_scores, semdedup_scores_blocked
@@ -156,7 +157,7 @@ def test_exact_pairs_bounded_is_exact_pairs(survivors, in_memory, rows_file, tmp
     assert (filed_in[reference.left] != filed_in[reference.right]).sum() >= 5
     runs = {"one group": (1 << 20, 1 << 22), "groups": (1500, 1 << 22), "spans": (1500, 40)}
     for run, (group_rows, probe_entries) in runs.items():
-        monkeypatch.setattr(ivf_module, "PROBE_ENTRIES", probe_entries)  # spans of few queries
+        monkeypatch.setattr(ivf_exact, "PROBE_ENTRIES", probe_entries)  # spans of few queries
         found, scanned = exact_pairs_bounded(
             survivors,
             rows_file,
@@ -183,15 +184,15 @@ def test_candidate_lists_reach_exactly_the_edge_of_the_bound(tmp_path):
     np.save(tmp_path / "image.npy", vectors)
     rows = Survivors(NpyFile.open(tmp_path / "image.npy"), np.arange(4))
     centroids = np.array([[2.0, 0.0], [-1.0, 0.0]], dtype=np.float32)
-    ivf_module.save_arrays(tmp_path / "lists.npz", lists=np.array([[0], [1], [1], [1]]))
-    task = ivf_module.ListAngleTask(
+    ivf_exact.save_arrays(tmp_path / "lists.npz", lists=np.array([[0], [1], [1], [1]]))
+    task = ivf_exact.ListAngleTask(
         rows, tmp_path / "c.npz", tmp_path / "lists.npz", tmp_path / "a.npz"
     )
-    ivf_module.save_arrays(task.centroids, centroids=centroids)
-    ivf_module.list_angles(task)
+    ivf_exact.save_arrays(task.centroids, centroids=centroids)
+    ivf_exact.list_angles(task)
     found = np.load(task.out)
     np.testing.assert_allclose(np.rad2deg(found["angle"]), [30.0, 132.0], atol=0.05)
-    owner, listed = ivf_module.candidate_lists(
+    owner, listed = ivf_exact.candidate_lists(
         rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95
     )
     assert sorted(zip(owner.tolist(), listed.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 1)]

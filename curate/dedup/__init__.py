@@ -12,7 +12,9 @@
   without a memory map, and the tasks that work on them (run on an executor, resumable).
 - :mod:`curate.dedup.nearest`: each row's nearest centroid or eval image, one task per block.
 - :mod:`curate.dedup.ivf`: near_dedup's IVF search out of core (assign, then search per
-  group of lists); :mod:`curate.dedup.sharded`: the exact search, one task per shard.
+  group of lists); :mod:`curate.dedup.ivf_exact`: the exact pairs of a sample of query rows
+  through the same lists, for its recall; :mod:`curate.dedup.sharded`: the exact search, one
+  task per shard.
 - :mod:`curate.dedup.device`: FAISS on the CPU or, with ``--device cuda``, faiss-gpu.
 - :mod:`curate.dedup.synthetic`: planted near-duplicates for tests and benchmarks.
 
