@@ -192,10 +192,11 @@ def test_candidate_lists_reach_exactly_the_edge_of_the_bound(tmp_path):
     ivf_exact.list_angles(task)
     found = np.load(task.out)
     np.testing.assert_allclose(np.rad2deg(found["angle"]), [30.0, 132.0], atol=0.05)
-    owner, listed = ivf_exact.candidate_lists(
-        rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95
+    within, products = ivf_exact.candidate_lists(
+        rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95, [1, 3]
     )
-    assert sorted(zip(owner.tolist(), listed.tolist(), strict=True)) == [(0, 0), (0, 1), (1, 1)]
+    assert np.unpackbits(within, axis=1)[:, :2].tolist() == [[1, 1], [0, 1]]
+    assert products == 1 + 3 + 3
     assert float(vectors[0].astype(np.float32) @ vectors[2].astype(np.float32)) >= 0.95
 
 

@@ -29,8 +29,9 @@ from curate.dedup.ivf import GROUP_ROWS, IvfLists, group_count, list_groups, sav
 from curate.dedup.knn import RECHECK_MARGIN, Pairs, configure_threads
 
 ANGLE_SLACK = 1e-3  # radians to spare: float64 rounding of the angles is far below (~1e-7)
-CANDIDATE_QUERIES = 2048  # query rows whose candidate lists are found at a time
-PROBE_ENTRIES = 1 << 22  # (query, list) entries an exact-search task meets at a time
+CANDIDATE_QUERIES = 512  # query rows whose candidate lists are found at a time
+ANGLE_ROWS = 8192  # rows whose angles a task computes at a time (float64: 8·d bytes a row)
+PROBE_ENTRIES = 1 << 22  # query–list cells an exact-search task unpacks at a time
 
 
 def exact_pairs_bounded(
@@ -80,13 +81,20 @@ def exact_pairs_bounded(
         found = load_arrays(task.out)
         angle = np.maximum(angle, found["angle"])
         norm = max(norm, float(found["norm"]))
-    candidates = work / "candidates.npz"
+    candidates = work / "candidate-lists.npz"
     if not candidates.is_file():
         centroids = load_arrays(lists.centroids)["centroids"]
-        owner, listed = candidate_lists(survivors, queries, centroids, angle, norm, threshold)
-        save_arrays(candidates, queries=np.asarray(queries, np.int64), owner=owner, lists=listed)
-    listed = load_arrays(candidates)["lists"]
-    scanned = float(lists.sizes[listed].sum()) / max(1, len(queries) * len(survivors))
+        within, products = candidate_lists(
+            survivors, queries, centroids, angle, norm, threshold, lists.sizes
+        )
+        save_arrays(
+            candidates,
+            queries=np.asarray(queries, np.int64),
+            within=within,
+            products=np.int64(products),
+        )
+    products = int(load_arrays(candidates)["products"])
+    scanned = products / max(1, len(queries) * len(survivors))
     group_of_list = list_groups(lists.sizes, group_rows)
     search_tasks = [
         BoundedGroupTask(
@@ -145,7 +153,7 @@ def list_angles(task: ListAngleTask) -> None:
     filed_in = load_arrays(task.list_file)["lists"][:, 0]
     angle = np.where(directions.any(axis=1), 0.0, np.pi)
     norm = 0.0
-    for a, b in blocks(0, len(task.survivors)):
+    for a, b in blocks(0, len(task.survivors), ANGLE_ROWS):
         block = np.asarray(task.survivors.block(a, b), dtype=np.float64)
         own = filed_in[a:b]
         lengths = np.linalg.norm(block, axis=1)
@@ -163,12 +171,14 @@ def candidate_lists(
     angle: np.ndarray,
     norm: float,
     threshold: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(query index, list) of every list a pair of that query can be in (see
-    :func:`exact_pairs_bounded`), by query index."""
+    sizes: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """The lists a pair of each query can be in (see :func:`exact_pairs_bounded`), as bits
+    (a row per query, a bit per list: ``np.packbits``, ``len(queries)·L/8`` bytes however
+    many pass), and the number of products they ask (``sizes``: rows in each list)."""
     directions = _directions(centroids)
     floor = threshold - RECHECK_MARGIN  # a float32 product may pass t below it
-    owners, listed = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    rows, products = [np.zeros((0, (len(centroids) + 7) // 8), np.uint8)], 0
     for first in range(0, len(queries), CANDIDATE_QUERIES):
         vectors = survivors.take(np.asarray(queries[first : first + CANDIDATE_QUERIES]))
         to_centroid, lengths = _angles(vectors, directions)
@@ -176,10 +186,9 @@ def candidate_lists(
             reach = np.arccos(np.clip(floor / (lengths * norm), -1.0, 1.0))
         reach[lengths == 0] = -np.inf  # a zero vector is in no pair
         within = to_centroid <= angle[None, :] + reach[:, None] + ANGLE_SLACK
-        owner, listed_here = np.nonzero(within)
-        owners.append(first + owner)
-        listed.append(listed_here)
-    return np.concatenate(owners), np.concatenate(listed)
+        products += int((within.astype(np.int64) @ np.asarray(sizes, np.int64)).sum())
+        rows.append(np.packbits(within, axis=1))
+    return np.concatenate(rows), products
 
 
 @dataclass(frozen=True)
@@ -187,7 +196,7 @@ class BoundedGroupTask:
     image: NpyFile
     rows: NpyFile  # pool row of every position
     lists: IvfLists
-    candidates: Path  # candidate_lists' output, with the query positions
+    candidates: Path  # candidate_lists' bits, with the query positions
     group_of_list: np.ndarray
     group: int
     threshold: float
@@ -195,35 +204,26 @@ class BoundedGroupTask:
 
 
 def search_bounded_group(task: BoundedGroupTask) -> None:
-    """Directed pairs of the query rows with the rows of their candidate lists in one group,
-    :data:`PROBE_ENTRIES` (query, list) entries at a time."""
+    """Directed pairs of the query rows with the rows of their candidate lists in one group
+    (consecutive lists ``lo:hi``), :data:`PROBE_ENTRIES` query–list cells at a time."""
     configure_threads()
     stored = load_arrays(task.candidates)
-    mine = task.group_of_list[stored["lists"]] == task.group
-    owner, listed = stored["owner"][mine], stored["lists"][mine]  # by owner
+    queries, within = stored["queries"], stored["within"]
+    lo, hi = np.flatnonzero(task.group_of_list == task.group)[[0, -1]] + [0, 1]
     products = task.lists.group_products(
         task.image, task.rows, task.group_of_list, task.group, task.threshold
     )
+    span = max(1, PROBE_ENTRIES // int(hi - lo))
+    first_byte, skip = divmod(int(lo), 8)
     parts = []
-    for a, b in _whole_query_spans(owner, PROBE_ENTRIES):
-        queries, slot, counts = np.unique(owner[a:b], return_inverse=True, return_counts=True)
-        probes = np.full((len(queries), int(counts.max())), -1, dtype=np.int64)
-        rank = np.arange(b - a) - np.repeat(np.cumsum(counts) - counts, counts)
-        probes[slot, rank] = listed[a:b]
-        positions = stored["queries"][queries]
+    for start in range(0, len(queries), span):
+        packed = within[start : start + span, first_byte : (int(hi) + 7) // 8]
+        reached = np.unpackbits(packed, axis=1)[:, skip : skip + int(hi - lo)].astype(bool)
+        asking = np.flatnonzero(reached.any(axis=1))
+        if len(asking) == 0:
+            continue
+        probes = np.where(reached[asking], np.arange(lo, hi), -1)
+        positions = queries[start + asking]
         vectors = Survivors(task.image, task.rows.take(positions)).block(0, len(positions))
         parts.append(products.search(vectors, probes, positions))
     save_directed(task.out, parts)
-
-
-def _whole_query_spans(owner: np.ndarray, entries: int) -> list[tuple[int, int]]:
-    """``[a, b)`` spans of ``owner`` (sorted) that cut no query's entries, each holding at
-    most ``entries`` of them (or one query's, when it has more)."""
-    edges = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1], True]) if len(owner) else []
-    spans, first = [], 0
-    while first < len(edges) - 1:
-        last = int(np.searchsorted(edges, edges[first] + entries, "right")) - 1
-        last = max(first + 1, last)
-        spans.append((int(edges[first]), int(edges[last])))
-        first = last
-    return spans
