@@ -26,7 +26,7 @@ from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_boun
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
 from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
-from curate.dedup.ivf import ivf_lists, ivf_pairs, list_groups
+from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs, list_groups
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
 from curate.dedup.nearest import nearest_blocked
@@ -192,12 +192,42 @@ def test_candidate_lists_reach_exactly_the_edge_of_the_bound(tmp_path):
     ivf_exact.list_angles(task)
     found = np.load(task.out)
     np.testing.assert_allclose(np.rad2deg(found["angle"]), [30.0, 132.0], atol=0.05)
-    within, products = ivf_exact.candidate_lists(
-        rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95, [1, 3]
+    within = ivf_exact.candidate_lists(
+        rows, np.array([2, 3]), centroids, found["angle"], float(found["norm"]), 0.95
     )
     assert np.unpackbits(within, axis=1)[:, :2].tolist() == [[1, 1], [0, 1]]
-    assert products == 1 + 3 + 3
     assert float(vectors[0].astype(np.float32) @ vectors[2].astype(np.float32)) >= 0.95
+
+
+def test_exact_pairs_bounded_finds_a_pair_at_the_edge_of_both_bounds(tmp_path):
+    """Hand-checked, in the plane: list 0 (direction 0°) holds rows at 30° and 10°, list 1
+    (180°) the rest. The query at 48° is 18.0° from the row at 30° (a pair at t = 0.95, whose
+    reach is 18.19°), so list 0 passes by 0.19° and, within it, the row at 30° lies inside
+    the query's slice [29.8°, 66.2°] by as little; the row at 10° is outside. Either bound
+    cut by a tenth loses the pair."""
+    degrees = np.array([30.0, 10.0, 180.0, 48.0, 48.6])
+    radians = np.deg2rad(degrees)
+    vectors = np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float16)
+    np.save(tmp_path / "image.npy", vectors)
+    np.save(tmp_path / "rows.npy", np.arange(5))
+    rows = Survivors(NpyFile.open(tmp_path / "image.npy"), np.arange(5))
+    ivf_exact.save_arrays(tmp_path / "c.npz", centroids=np.array([[2.0, 0.0], [-1.0, 0.0]]))
+    filed = np.array([[0], [0], [1], [1], [1]], dtype=np.int32)
+    ivf_exact.save_arrays(tmp_path / "lists.npz", lists=filed, list_sizes=np.array([2, 3]))
+    lists = IvfLists(tmp_path / "c.npz", ((0, 5),), (tmp_path / "lists.npz",), np.array([2, 3]))
+    queries = np.array([3])  # alone: no other query's slice covers the row at 30°
+    found, scanned = exact_pairs_bounded(
+        rows, tmp_path / "rows.npy", queries, 0.95, lists, tmp_path / "exact"
+    )
+    reference = exact_pairs(vectors.astype(np.float32), queries, 0.95)
+    assert list(zip(reference.left.tolist(), reference.right.tolist(), strict=True)) == [
+        (0, 3),
+        (3, 4),
+    ]
+    np.testing.assert_array_equal(found.left, reference.left)
+    np.testing.assert_array_equal(found.right, reference.right)
+    np.testing.assert_array_equal(found.similarity, reference.similarity)
+    assert scanned < 1
 
 
 def test_exact_pairs_bounded_searches_almost_every_list_at_a_low_threshold(

@@ -76,9 +76,11 @@ class IvfLists:
         group: int,
         threshold: float,
         torch_device: str | None = None,
+        order_key: np.ndarray | None = None,
     ) -> ListProducts:
-        """The rows filed in the lists of one group, sorted by list, ready to be searched
-        (``rows``: the pool row of every position, read as needed)."""
+        """The rows filed in the lists of one group, sorted by list (within a list by
+        ``order_key[position]``, else by position), ready to be searched (``rows``: the pool
+        row of every position, read as needed)."""
         in_group = group_of_list == group
         member_lists, member_ids = [], []
         for (start, _), list_file in zip(self.bounds, self.list_files, strict=True):
@@ -86,9 +88,13 @@ class IvfLists:
             members = np.flatnonzero(in_group[filed_in])
             member_lists.append(filed_in[members])
             member_ids.append(start + members)
+        filed, ids = np.concatenate(member_lists), np.concatenate(member_ids)
+        if order_key is not None:  # ListProducts' stable sort by list keeps this order
+            order = np.lexsort((order_key[ids], filed))
+            filed, ids = filed[order], ids[order]
         return ListProducts(
-            np.concatenate(member_lists),
-            np.concatenate(member_ids),
+            filed,
+            ids,
             lambda positions: image.take(rows.take(positions)),
             image.shape[1],
             len(self.sizes),
@@ -262,9 +268,13 @@ def search_list_group(task: ListGroupTask) -> None:
     save_directed(task.out, parts)
 
 
-def save_directed(out: Path, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+def save_directed(
+    out: Path, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], **extra: Any
+) -> None:
+    """A search task's directed pairs (``queries``, ``found``, ``similarity``), and
+    ``extra`` arrays."""
     queries, found, similarity = (
         np.concatenate([np.zeros(0, dtype), *(p[i] for p in parts)])
         for i, dtype in enumerate((np.int64, np.int64, np.float32))
     )
-    save_arrays(out, queries=queries, found=found, similarity=similarity)
+    save_arrays(out, queries=queries, found=found, similarity=similarity, **extra)

@@ -26,12 +26,20 @@ from curate.dedup.blocks import (
     save_arrays,
 )
 from curate.dedup.ivf import GROUP_ROWS, IvfLists, group_count, list_groups, save_directed
-from curate.dedup.knn import RECHECK_MARGIN, Pairs, configure_threads
+from curate.dedup.knn import (
+    RECHECK_MARGIN,
+    ListProducts,
+    Pairs,
+    configure_threads,
+    dot_pairs,
+    transposed,
+)
 
 ANGLE_SLACK = 1e-3  # radians to spare: float64 rounding of the angles is far below (~1e-7)
 CANDIDATE_QUERIES = 512  # query rows whose candidate lists are found at a time
 ANGLE_ROWS = 8192  # rows whose angles a task computes at a time (float64: 8·d bytes a row)
 PROBE_ENTRIES = 1 << 22  # query–list cells an exact-search task unpacks at a time
+RING_QUERIES = 256  # queries of one list that share a product
 
 
 def exact_pairs_bounded(
@@ -84,23 +92,16 @@ def exact_pairs_bounded(
     candidates = work / "candidate-lists.npz"
     if not candidates.is_file():
         centroids = load_arrays(lists.centroids)["centroids"]
-        within, products = candidate_lists(
-            survivors, queries, centroids, angle, norm, threshold, lists.sizes
-        )
-        save_arrays(
-            candidates,
-            queries=np.asarray(queries, np.int64),
-            within=within,
-            products=np.int64(products),
-        )
-    products = int(load_arrays(candidates)["products"])
-    scanned = products / max(1, len(queries) * len(survivors))
+        within = candidate_lists(survivors, queries, centroids, angle, norm, threshold)
+        save_arrays(candidates, queries=np.asarray(queries, np.int64), within=within)
     group_of_list = list_groups(lists.sizes, group_rows)
     search_tasks = [
         BoundedGroupTask(
             image=survivors.image,
             rows=NpyFile.open(rows_file),
             lists=lists,
+            angle_files=tuple(task.out for task in angle_tasks),
+            norm=norm,
             candidates=candidates,
             group_of_list=group_of_list,
             group=group,
@@ -116,7 +117,9 @@ def exact_pairs_bounded(
         desc="exact search (sample)",
         progress=progress,
     )
-    return Pairs.from_directed(load_pair_parts([task.out for task in search_tasks])), scanned
+    made = sum(int(load_arrays(task.out)["products"]) for task in search_tasks)
+    pairs = Pairs.from_directed(load_pair_parts([task.out for task in search_tasks]))
+    return pairs, made / max(1, len(queries) * len(survivors))
 
 
 def _directions(centroids: np.ndarray) -> np.ndarray:
@@ -146,12 +149,13 @@ class ListAngleTask:
 
 
 def list_angles(task: ListAngleTask) -> None:
-    """Per list, the largest angle between a row filed in it and its centroid's direction
-    (``angle``, radians: 0 for a list with no row, π for a zero centroid), and the largest
-    norm of a row (``norm``)."""
+    """Each row's angle to its list's centroid direction (``row_angle``, radians, float32);
+    per list, the largest (``angle``: 0 for a list with no row, π for a zero centroid); and
+    the largest norm of a row (``norm``)."""
     directions = _directions(load_arrays(task.centroids)["centroids"])
     filed_in = load_arrays(task.list_file)["lists"][:, 0]
     angle = np.where(directions.any(axis=1), 0.0, np.pi)
+    row_angle = np.empty(len(task.survivors), dtype=np.float32)
     norm = 0.0
     for a, b in blocks(0, len(task.survivors), ANGLE_ROWS):
         block = np.asarray(task.survivors.block(a, b), dtype=np.float64)
@@ -159,9 +163,10 @@ def list_angles(task: ListAngleTask) -> None:
         lengths = np.linalg.norm(block, axis=1)
         cosine = np.einsum("ij,ij->i", block, directions[own])
         cosine = np.divide(cosine, lengths, out=np.ones_like(cosine), where=lengths > 0)
-        np.maximum.at(angle, own, np.arccos(np.clip(cosine, -1.0, 1.0)))
+        row_angle[a:b] = np.arccos(np.clip(cosine, -1.0, 1.0))
+        np.maximum.at(angle, own, row_angle[a:b].astype(np.float64))
         norm = max(norm, float(lengths.max(initial=0.0)))
-    save_arrays(task.out, angle=angle, norm=np.float64(norm))
+    save_arrays(task.out, angle=angle, row_angle=row_angle, norm=np.float64(norm))
 
 
 def candidate_lists(
@@ -171,24 +176,28 @@ def candidate_lists(
     angle: np.ndarray,
     norm: float,
     threshold: float,
-    sizes: np.ndarray,
-) -> tuple[np.ndarray, int]:
-    """The lists a pair of each query can be in (see :func:`exact_pairs_bounded`), as bits
-    (a row per query, a bit per list: ``np.packbits``, ``len(queries)·L/8`` bytes however
-    many pass), and the number of products they ask (``sizes``: rows in each list)."""
+) -> np.ndarray:
+    """The lists a pair of each query can be in (see :func:`exact_pairs_bounded`), as bits:
+    a row per query, a bit per list (``np.packbits``; ``len(queries)·L/8`` bytes however many
+    pass)."""
     directions = _directions(centroids)
-    floor = threshold - RECHECK_MARGIN  # a float32 product may pass t below it
-    rows, products = [np.zeros((0, (len(centroids) + 7) // 8), np.uint8)], 0
+    rows = [np.zeros((0, (len(centroids) + 7) // 8), np.uint8)]
     for first in range(0, len(queries), CANDIDATE_QUERIES):
         vectors = survivors.take(np.asarray(queries[first : first + CANDIDATE_QUERIES]))
         to_centroid, lengths = _angles(vectors, directions)
-        with np.errstate(divide="ignore"):
-            reach = np.arccos(np.clip(floor / (lengths * norm), -1.0, 1.0))
-        reach[lengths == 0] = -np.inf  # a zero vector is in no pair
-        within = to_centroid <= angle[None, :] + reach[:, None] + ANGLE_SLACK
-        products += int((within.astype(np.int64) @ np.asarray(sizes, np.int64)).sum())
-        rows.append(np.packbits(within, axis=1))
-    return np.concatenate(rows), products
+        reach = _reach(lengths, norm, threshold)
+        rows.append(np.packbits(to_centroid <= angle[None, :] + reach[:, None], axis=1))
+    return np.concatenate(rows)
+
+
+def _reach(lengths: np.ndarray, norm: float, threshold: float) -> np.ndarray:
+    """Per query, the largest angle to a row it can be in a pair with, plus
+    :data:`ANGLE_SLACK` (``-inf`` for a zero vector, which is in no pair)."""
+    floor = threshold - RECHECK_MARGIN  # a float32 product may pass t below it
+    with np.errstate(divide="ignore"):
+        reach = np.arccos(np.clip(floor / (lengths * norm), -1.0, 1.0)) + ANGLE_SLACK
+    reach[lengths == 0] = -np.inf
+    return reach
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,8 @@ class BoundedGroupTask:
     image: NpyFile
     rows: NpyFile  # pool row of every position
     lists: IvfLists
+    angle_files: tuple[Path, ...]  # list_angles' outputs, in position order
+    norm: float  # the largest norm of a row
     candidates: Path  # candidate_lists' bits, with the query positions
     group_of_list: np.ndarray
     group: int
@@ -205,25 +216,82 @@ class BoundedGroupTask:
 
 def search_bounded_group(task: BoundedGroupTask) -> None:
     """Directed pairs of the query rows with the rows of their candidate lists in one group
-    (consecutive lists ``lo:hi``), :data:`PROBE_ENTRIES` query–list cells at a time."""
+    (consecutive lists ``lo:hi``), :data:`PROBE_ENTRIES` query–list cells at a time.
+
+    Within a list only the rows at an angle to its centroid's direction that is within the
+    query's reach of the query's own (the same triangle inequality, from the other side)
+    can be in a pair; the rows are sorted by that angle, so those are one slice, and
+    queries with similar slices share one product (:func:`_ring_products`). The output
+    also holds ``products``: the query–row products made."""
     configure_threads()
     stored = load_arrays(task.candidates)
     queries, within = stored["queries"], stored["within"]
-    lo, hi = np.flatnonzero(task.group_of_list == task.group)[[0, -1]] + [0, 1]
-    products = task.lists.group_products(
-        task.image, task.rows, task.group_of_list, task.group, task.threshold
+    lo, hi = (int(i) for i in np.flatnonzero(task.group_of_list == task.group)[[0, -1]] + [0, 1])
+    row_angle = np.concatenate([load_arrays(path)["row_angle"] for path in task.angle_files])
+    ring = task.lists.group_products(
+        task.image,
+        task.rows,
+        task.group_of_list,
+        task.group,
+        task.threshold,
+        order_key=-row_angle,  # largest angle first
     )
-    span = max(1, PROBE_ENTRIES // int(hi - lo))
-    first_byte, skip = divmod(int(lo), 8)
-    parts = []
+    member_angle = row_angle[ring.ids]
+    directions = _directions(load_arrays(task.lists.centroids)["centroids"][lo:hi])
+    span = max(1, PROBE_ENTRIES // (hi - lo))
+    first_byte, skip = divmod(lo, 8)
+    parts, made = [], 0
     for start in range(0, len(queries), span):
-        packed = within[start : start + span, first_byte : (int(hi) + 7) // 8]
-        reached = np.unpackbits(packed, axis=1)[:, skip : skip + int(hi - lo)].astype(bool)
+        packed = within[start : start + span, first_byte : (hi + 7) // 8]
+        reached = np.unpackbits(packed, axis=1)[:, skip : skip + hi - lo].astype(bool)
         asking = np.flatnonzero(reached.any(axis=1))
         if len(asking) == 0:
             continue
-        probes = np.where(reached[asking], np.arange(lo, hi), -1)
         positions = queries[start + asking]
         vectors = Survivors(task.image, task.rows.take(positions)).block(0, len(positions))
-        parts.append(products.search(vectors, probes, positions))
-    save_directed(task.out, parts)
+        to_centroid, lengths = _angles(vectors, directions)
+        reach = _reach(lengths, task.norm, task.threshold)
+        for column in range(hi - lo):
+            first, last = int(ring.offsets[lo + column]), int(ring.offsets[lo + column + 1])
+            meeting = np.flatnonzero(reached[asking, column])
+            if first == last or len(meeting) == 0:
+                continue
+            # rows by angle, largest first: those within [to_centroid ± reach] are one slice
+            descending = -member_angle[first:last]
+            near = to_centroid[meeting, column]
+            begin = np.searchsorted(descending, -(near + reach[meeting]), "left")
+            end = np.searchsorted(descending, -(near - reach[meeting]), "right")
+            found, count = _ring_products(ring, vectors, meeting, first + begin, first + end)
+            parts.append((positions[found[0]], ring.ids[found[1]], found[2]))
+            made += count
+    save_directed(task.out, parts, products=made)
+
+
+def _ring_products(
+    ring: ListProducts,
+    vectors: np.ndarray,
+    meeting: np.ndarray,
+    begin: np.ndarray,
+    end: np.ndarray,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """(query, member, cosine) of the pairs of ``vectors[meeting]`` with the member rows
+    ``begin:end`` of each, and the number of products made: queries sorted by their slice's
+    end, :data:`RING_QUERIES` at a time, each group meeting the union of its slices (a row
+    outside a query's slice is checked too, and cannot pass)."""
+    order = np.lexsort((begin, end))
+    found_queries, found_members, made = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], 0
+    floor = np.float32(ring.threshold - RECHECK_MARGIN)
+    for chunk in range(0, len(order), RING_QUERIES):
+        chosen = order[chunk : chunk + RING_QUERIES]
+        a, b = int(begin[chosen].min()), int(end[chosen].max())
+        if b <= a:
+            continue
+        products = vectors[meeting[chosen]] @ transposed(ring.members[a:b])
+        q, m = np.nonzero(products >= floor)
+        found_queries.append(meeting[chosen][q])
+        found_members.append(a + m)
+        made += len(chosen) * (b - a)
+    q, m = np.concatenate(found_queries), np.concatenate(found_members)
+    similarity = dot_pairs(vectors, q, ring.members, m)
+    close = similarity >= np.float32(ring.threshold)
+    return (q[close], m[close], similarity[close]), made
