@@ -40,6 +40,7 @@ CANDIDATE_QUERIES = 512  # query rows whose candidate lists are found at a time
 ANGLE_ROWS = 8192  # rows whose angles a task computes at a time (float64: 8·d bytes a row)
 PROBE_ENTRIES = 1 << 22  # query–list cells an exact-search task unpacks at a time
 RING_QUERIES = 256  # queries of one list that share a product
+EXACT_GROUP_ROWS = GROUP_ROWS // 2  # a task also holds every row's angle and a span's queries
 
 
 def exact_pairs_bounded(
@@ -51,7 +52,7 @@ def exact_pairs_bounded(
     work: Path,
     *,
     executor: Any = None,
-    group_rows: int = GROUP_ROWS,
+    group_rows: int = EXACT_GROUP_ROWS,
     progress: bool = False,
 ) -> tuple[Pairs, float]:
     """Every pair ``(q, j)``, ``q`` in ``queries`` (positions), ``j ≠ q`` any position, at
@@ -227,16 +228,17 @@ def search_bounded_group(task: BoundedGroupTask) -> None:
     stored = load_arrays(task.candidates)
     queries, within = stored["queries"], stored["within"]
     lo, hi = (int(i) for i in np.flatnonzero(task.group_of_list == task.group)[[0, -1]] + [0, 1])
-    row_angle = np.concatenate([load_arrays(path)["row_angle"] for path in task.angle_files])
+    negated = np.concatenate([-load_arrays(path)["row_angle"] for path in task.angle_files])
     ring = task.lists.group_products(
         task.image,
         task.rows,
         task.group_of_list,
         task.group,
         task.threshold,
-        order_key=-row_angle,  # largest angle first
+        order_key=negated,  # largest angle first
     )
-    member_angle = row_angle[ring.ids]
+    member_angle = -negated[ring.ids]
+    del negated
     directions = _directions(load_arrays(task.lists.centroids)["centroids"][lo:hi])
     span = max(1, PROBE_ENTRIES // (hi - lo))
     first_byte, skip = divmod(lo, 8)
