@@ -159,7 +159,7 @@ from curate.dedup.blocks import NpyFile, Survivors
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import faiss_gpu
 from curate.core.executor import LocalExecutor
-from curate.dedup.ivf import GROUP_ROWS, ivf_pairs
+from curate.dedup.ivf import GROUP_ROWS, ivf_lists, ivf_pairs
 from curate.dedup.knn import configure_threads, plan_index
 from curate.dedup.synthetic import planted_near_duplicates_file
 
@@ -197,8 +197,10 @@ def main():
     plan = plan_index(rows, "ivf")
     cores = len(os.sched_getaffinity(0))
     def near(use_gpu, name, executor=None, group_rows=GROUP_ROWS):
-        return ivf_pairs(survivors, work / "rows.npy", 0.95, plan, work / name, seed=0,
-                         executor=executor, group_rows=group_rows, gpu=use_gpu,
+        lists = ivf_lists(survivors, plan, work / name, seed=0, executor=executor,
+                          gpu=use_gpu, gpus=1 if use_gpu else 0)
+        return ivf_pairs(survivors, work / "rows.npy", 0.95, lists, work / name,
+                         executor=executor, group_rows=group_rows,
                          torch_device="cuda" if use_gpu else None)
     gpu_pairs, gpu_s = timed(lambda: near(gpu, "near-gpu"))
     with LocalExecutor(cores) as executor:  # the CPU's best: a task per core, one group each

@@ -123,7 +123,19 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         ivf_work = step_dir(
             ctx, "near-ivf", threshold=params.threshold, plan=plan_description, gpu=gpu
         )
-        task_rows = params.task_rows or TASK_ROWS
+
+        def ivf_search_lists() -> IvfLists:  # trained and assigned once, in ivf_work
+            return ivf_lists(
+                rows,
+                plan,
+                ivf_work,
+                seed=ctx.seed,
+                executor=ctx.executor,
+                task_rows=params.task_rows or TASK_ROWS,
+                gpu=gpu,
+                gpus=1 if gpu else 0,
+                progress=True,
+            )
 
         def find_pairs() -> Pairs:
             if plan.exact:  # up to FLAT_MAX_ROWS rows unless asked: in memory, 8·N·d bytes
@@ -132,26 +144,10 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
                 rows,
                 rows_file(ctx, rows),
                 params.threshold,
-                plan,
+                ivf_search_lists(),
                 ivf_work,
-                seed=ctx.seed,
                 executor=ctx.executor,
-                task_rows=task_rows,
-                gpu=gpu,
                 torch_device="cuda" if gpu else None,
-                progress=True,
-            )
-
-        def ivf_search_lists() -> IvfLists:  # from the search's work folder
-            return ivf_lists(
-                rows,
-                plan,
-                ivf_work,
-                seed=ctx.seed,
-                executor=ctx.executor,
-                task_rows=task_rows,
-                gpu=gpu,
-                gpus=1 if gpu else 0,
                 progress=True,
             )
 

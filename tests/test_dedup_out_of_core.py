@@ -125,9 +125,8 @@ def test_ivf_pairs_are_the_one_index_search(survivors, in_memory, rows_file, tmp
         "groups": {"group_rows": 1500},
         "torch": {"group_rows": 1500, "torch_device": "cpu"},  # the --device cuda code path
     }.items():
-        found = ivf_pairs(
-            survivors, rows_file, THRESHOLD, plan, tmp_path / run, seed=3, task_rows=TASK, **options
-        )
+        lists = ivf_lists(survivors, plan, tmp_path / run, seed=3, task_rows=TASK)
+        found = ivf_pairs(survivors, rows_file, THRESHOLD, lists, tmp_path / run, **options)
         np.testing.assert_array_equal(found.left, reference.left)
         np.testing.assert_array_equal(found.right, reference.right)
         if run == "torch":  # float32 products in another order than FAISS's

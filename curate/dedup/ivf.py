@@ -149,32 +149,18 @@ def ivf_pairs(
     survivors: Survivors,
     rows_file: Path,
     threshold: float,
-    plan: IndexPlan,
+    lists: IvfLists,
     work: Path,
     *,
-    seed: int = 0,
     executor: Any = None,
-    task_rows: int = TASK_ROWS,
     group_rows: int = GROUP_ROWS,
-    gpu: bool = False,
     torch_device: str | None = None,
     progress: bool = False,
 ) -> Pairs:
-    """Every pair the IVF search finds (see module doc); ``rows_file`` holds
-    ``survivors.rows`` (the search tasks read it in slices); ``work`` keeps each step's
-    output, so a rerun resumes where it stopped."""
-    gpus = 1 if gpu or torch_device == "cuda" else 0
-    lists = ivf_lists(
-        survivors,
-        plan,
-        work,
-        seed=seed,
-        executor=executor,
-        task_rows=task_rows,
-        gpu=gpu,
-        gpus=gpus,
-        progress=progress,
-    )
+    """Every pair the IVF search of ``lists`` (:func:`ivf_lists`) finds (see module doc);
+    ``rows_file`` holds ``survivors.rows`` (the search tasks read it in slices); ``work``
+    keeps each task's output, so a rerun resumes where it stopped."""
+    gpus = 1 if torch_device == "cuda" else 0
     group_of_list = list_groups(lists.sizes, group_rows)
     search_tasks = [
         ListGroupTask(
