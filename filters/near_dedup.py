@@ -6,8 +6,9 @@ rules); rows linked by pairs, directly or through others, form a group, and each
 one row: the lowest pool row, or the highest CLIP score (ties to the lower row). When the
 search is approximate the report gives its recall against the exact search on a seeded
 sample of query rows (``recall_sample``): the brute force's pairs, found by searching each
-query row against every IVF list that the triangle inequality cannot rule out
-(:func:`curate.dedup.ivf_exact.exact_pairs_bounded`; all of them at worst, the brute force's cost).
+query row against the IVF lists, and the rows in them, that the triangle inequality for
+angles cannot rule out (:func:`curate.dedup.ivf_exact.exact_pairs_bounded`; all of them at
+worst, the brute force's cost).
 
 The IVF search runs out of core, as tasks on the build's executor
 (:mod:`curate.dedup.ivf`): the lists trained on a seeded sample, each block of
@@ -151,8 +152,7 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
                 progress=True,
             )
 
-        if not plan.exact:
-            searched_lists = ivf_search_lists
+        searched_lists = None if plan.exact else ivf_search_lists
 
     def search() -> dict[str, np.ndarray]:
         pairs = find_pairs()
@@ -198,7 +198,7 @@ def _recall_report(
     ctx: StageContext, rows: Survivors, pairs: Pairs, params: NearDedupParams, lists: IvfLists
 ) -> dict:
     """Recall of the found pairs against the exact search from a seeded sample of query rows
-    (the brute force's pairs, with the lists that cannot hold one left out:
+    (the brute force's pairs, with the lists and rows that cannot hold one left out:
     :func:`curate.dedup.ivf_exact.exact_pairs_bounded`); ``recall_exact_scanned`` is the share of
     the brute force's products it made."""
     rng = np.random.default_rng(ctx.seed)

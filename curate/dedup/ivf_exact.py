@@ -1,11 +1,13 @@
 """The exact reference for near_dedup's recall: every pair of a sample of query rows at cosine
 ≥ the threshold, as brute force finds them, searched through the IVF search's own lists with
-the lists that cannot hold a pair left out (:func:`exact_pairs_bounded`).
+the lists, and the rows within a list, that cannot hold a pair left out
+(:func:`exact_pairs_bounded`).
 
 Brute force for 100,000 query rows over 12.8M × 768 is ~2·10¹⁵ flops (hours on a few cores);
-the lists cut it to the share the bound cannot rule out, which the data decide (all of them
-at worst). The pairs and cosines are the brute force's (``tests/test_dedup_out_of_core.py``
-against :func:`curate.dedup.knn.exact_pairs`).
+the bounds cut it to the share they cannot rule out, which the data decide (all of it at
+worst; 2 % on the 12.8M planted pool, 50 % on the 1M one). The pairs and cosines are the
+brute force's (``tests/test_dedup_out_of_core.py`` against
+:func:`curate.dedup.knn.exact_pairs`).
 """
 
 from __future__ import annotations
@@ -56,18 +58,19 @@ def exact_pairs_bounded(
     progress: bool = False,
 ) -> tuple[Pairs, float]:
     """Every pair ``(q, j)``, ``q`` in ``queries`` (positions), ``j ≠ q`` any position, at
-    cosine ≥ ``threshold``: the brute force's pairs and cosines, with the lists that cannot
-    hold one left out by the triangle inequality for angles on the sphere.
+    cosine ≥ ``threshold``: the brute force's pairs and cosines, with the lists and rows that
+    cannot hold one left out by the triangle inequality for angles on the sphere.
 
     Let ``u_L`` be the direction of list ``L``'s centroid and ``α_L`` the largest angle
     between it and the direction of a row filed in ``L``. A pair at cosine ``q·x ≥ t`` has
     ``cos∠(q, x) ≥ t / (‖q‖·max‖x‖)``, an angle of at most ``θ_q``; and
-    ``∠(q, u_L) ≤ ∠(q, x) + ∠(x, u_L) ≤ θ_q + α_L``. Each query meets, in full, every list
-    within that angle (float64, with :data:`ANGLE_SLACK` to spare, and ``t`` lowered by the
-    float32 products' :data:`~curate.dedup.knn.RECHECK_MARGIN`), by the same products and
-    rechecks as the IVF search (:class:`curate.dedup.knn.ListProducts`); no other list can
-    hold a pair. How many lists pass depends on the data: all at worst, the brute force's
-    cost. Steps, each resumable under ``work``: the lists' angles (one task per assign
+    ``∠(q, u_L) ≤ ∠(q, x) + ∠(x, u_L) ≤ θ_q + α_L``. Each query meets every list within that
+    angle (float64, with :data:`ANGLE_SLACK` to spare, and ``t`` lowered by the float32
+    products' :data:`~curate.dedup.knn.RECHECK_MARGIN`), and in it the rows ``x`` with
+    ``|∠(x, u_L) − ∠(q, u_L)| ≤ θ_q`` (:func:`search_bounded_group`), by the products and
+    rechecks of the IVF search (:class:`curate.dedup.knn.ListProducts`); no other row can be
+    in a pair. How much passes depends on the data: all at worst, the brute force's cost.
+    Steps, each resumable under ``work``: the lists' angles (one task per assign
     task), each query's lists (here), the search (one task per group of lists).
 
     Returns the pairs and the share of the ``len(queries)·N`` products that were made.
