@@ -141,13 +141,17 @@ def in_place_clip_scores(
     return scores
 
 
-def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text: str) -> np.ndarray:
-    """Per row: ``"<text> <uid of rows[other]>"`` where removed, ``""`` where kept."""
-    uids = ctx.rows["uid"].to_numpy()
-    reasons = np.full(len(keep), "", dtype=object)
+def reasons_naming(ctx: StageContext, keep: np.ndarray, other: np.ndarray, text: str) -> pl.Series:
+    """Per row: ``"<text> <uid of rows[other]>"`` where removed, null where kept. Only the
+    removed rows' uids are read, in Arrow: no Python string per row (12.8M of them held
+    about 1 GB in the driver)."""
     removed = np.flatnonzero(~keep)
-    reasons[removed] = (text + " " + uids[other[removed]].astype(object)).astype(object)
-    return reasons
+    named = ctx.rows["uid"].gather(other[removed])
+    return (
+        pl.Series("reason", dtype=pl.String)
+        .extend_constant(None, len(keep))
+        .scatter(removed, (text + " ") + named)
+    )
 
 
 def cached_kmeans(

@@ -22,6 +22,7 @@ from curate.dedup.knn import Pairs, exact_pairs, pair_recall, plan_index, self_p
 from curate.dedup.semdedup import semdedup_scores
 from curate.dedup.synthetic import planted_near_duplicates
 from curate.filters.catalog import get_stage
+from curate.filters.dedup_inputs import reasons_naming
 from curate.filters.registry import StageContext
 
 THRESHOLD = 0.95
@@ -394,3 +395,18 @@ stages:
         "0.2",
     }
     assert reports["image_based"]["target_rows"] == 1
+
+
+def test_reasons_name_the_uid_each_removed_row_duplicates() -> None:
+    rows = pl.DataFrame({"uid": ["u0", "u1", "u2", "u3", "u4"], "row": range(5)})
+    ctx = StageContext(rows, Path("unused"), seed=0, work_dir=Path("unused"))
+    keep = np.array([True, False, True, False, False])
+    representative = np.array([0, 0, 2, 2, 0])
+    reasons = reasons_naming(ctx, keep, representative, "group kept as uid")
+    assert reasons.to_list() == [
+        None,
+        "group kept as uid u0",
+        None,
+        "group kept as uid u2",
+        "group kept as uid u0",
+    ]
