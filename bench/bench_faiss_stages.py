@@ -69,6 +69,7 @@ import numpy as np
 EMBEDDINGS = "bench"
 N_CENTERS = 10_000
 BENCH_DATA = Path("/work/bench_data")
+TIMELINE_SECONDS = 15.0
 
 
 def _usage() -> tuple[float, float, float]:
@@ -127,33 +128,48 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _tree_rss_bytes(root: int) -> int:
     """Resident memory of ``root`` and all its descendants (sum of VmRSS)."""
     children, total, todo = _children(), 0, [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
+        total += _rss_bytes(pid)
     return total
 
 
 def run_measured(command: list[str], label: str) -> dict[str, float]:
     """Run a command as a whole process: wall and CPU seconds (with its reaped workers), its
-    own peak RSS (kernel) and its process tree's peak RSS (sampled)."""
+    own peak RSS (kernel) and its process tree's peak RSS (sampled), with when the tree
+    peaked and the command's own RSS then, and the tree's and the command's RSS every
+    ``TIMELINE_SECONDS`` (to tell which step holds the memory)."""
     print(f"$ {' '.join(str(c) for c in command)}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     peak = [0]
+    at_peak: dict[str, float] = {}
+    timeline: list[tuple[float, float, float]] = []
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.2):
-            peak[0] = max(peak[0], _tree_rss_bytes(process.pid))
+            tree, own = _tree_rss_bytes(process.pid), _rss_bytes(process.pid)
+            elapsed = time.perf_counter() - started
+            if tree > peak[0]:
+                peak[0] = tree
+                at_peak.update(seconds=round(elapsed, 1), command_rss_mib=round(own / 2**20))
+            if not timeline or elapsed - timeline[-1][0] >= TIMELINE_SECONDS:
+                timeline.append((round(elapsed, 1), round(own / 2**20), round(tree / 2**20)))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -168,6 +184,8 @@ def run_measured(command: list[str], label: str) -> dict[str, float]:
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "tree_peak_rss_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024),
+        "tree_peak_at": at_peak,
+        "rss_timeline_mib": timeline,  # (seconds, the command's RSS, the tree's)
     }
 
 
@@ -449,6 +467,11 @@ def report(results: dict[str, Any]) -> None:
     near, exact = results.get("near_dedup"), results.get("exact")
     if near:
         print(f"\nnear_dedup report: {json.dumps(near['report'])}")
+        at = near["tree_peak_at"]
+        print(
+            f"near_dedup's process tree peaked {at['seconds']:.0f} s in, the command itself "
+            f"holding {at['command_rss_mib']:,} MiB then"
+        )
     if exact:
         print(
             f"exact all-pairs, extrapolated from {exact['queries']:,} queries: "
