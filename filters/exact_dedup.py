@@ -161,10 +161,11 @@ def exact_dedup(ctx: StageContext, params: ExactDedupParams) -> StageResult:
     ).to_series()
     representative = first.to_numpy().astype(np.int64)
     keep = representative == np.arange(len(representative))
-    duplicates = int((~keep).sum())
+    removed = np.flatnonzero(~keep)
+    duplicates = len(removed)
     return StageResult(
         keep=keep,
-        reason=reasons_naming(ctx, keep, representative, REASON),
+        reason=reasons_naming(ctx, removed, representative[removed], REASON),
         report={
             "removed_duplicates": duplicates,
             "duplicate_groups": int(

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 
 from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.cache import cached_arrays
-from curate.dedup.groups import GroupKeep, connected_components, keep_one_per_group, keep_order
+from curate.dedup.groups import GroupKeep, keep_one_per_group, keep_order, linked_groups
 from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import Pairs, pair_recall, plan_index, self_pairs
@@ -162,10 +162,13 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     key = stage_cache_key(ctx, threshold=params.threshold, plan=plan_description, **searched_on)
     pairs = Pairs(**cached_arrays(ctx.work_dir, "near-pairs", key, search))
 
-    labels = connected_components(n, pairs.left, pairs.right)
-    scores = clip_scores(ctx) if params.keep == "highest_clip_score" else None
-    order = keep_order(ctx.rows["row"].to_numpy(), params.keep, scores)
-    keep, representative = keep_one_per_group(labels, order)
+    linked, labels = linked_groups(pairs.left, pairs.right)
+    scores = clip_scores(ctx)[linked] if params.keep == "highest_clip_score" else None
+    order = keep_order(ctx.rows["row"].gather(linked).to_numpy(), params.keep, scores)
+    linked_kept, representative = keep_one_per_group(labels, order)
+    removed = linked[~linked_kept]
+    keep = np.ones(n, dtype=bool)
+    keep[removed] = False
 
     best = np.full(n, np.nan, dtype=np.float32)
     np.fmax.at(best, pairs.left, pairs.similarity)
@@ -175,9 +178,9 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         **plan_description,
         "threshold": params.threshold,
         "pairs": len(pairs),
-        "groups": int(len(np.unique(labels[pairs.left]))),
-        "rows_in_groups": int(np.isfinite(best).sum()),
-        "removed": int((~keep).sum()),
+        "groups": int(len(np.unique(labels))),
+        "rows_in_groups": len(linked),
+        "removed": len(removed),
     }
     if searched_lists is not None and params.recall_sample:
         report.update(_recall_report(ctx, rows, pairs, params, searched_lists()))
@@ -185,8 +188,8 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
         keep=keep,
         reason=reasons_naming(
             ctx,
-            keep,
-            representative,
+            removed,
+            linked[representative[~linked_kept]],
             f"near-duplicate group (cosine ≥ {params.threshold} links) kept as uid",
         ),
         score=best,

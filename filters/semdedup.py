@@ -15,6 +15,7 @@ file. The scores are those of the in-memory computation (:func:`semdedup_scores`
 
 from __future__ import annotations
 
+import numpy as np
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
@@ -98,12 +99,13 @@ def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
         progress=True,
     )
     keep = scores.keep(params.eps)
+    removed = np.flatnonzero(~keep)
     return StageResult(
         keep=keep,
         reason=reasons_naming(
             ctx,
-            keep,
-            scores.most_similar,
+            removed,
+            scores.most_similar[removed],
             f"semantic duplicate (cosine > {1 - params.eps:.4g}) of earlier-ranked uid",
         ),
         score=scores.max_similarity,

@@ -16,7 +16,12 @@ import curate.dedup.semdedup as semdedup_module
 from curate.core.decisions_view import subset_decisions
 from curate.core.errors import UserInputError
 from curate.dedup.clustering import assign, kmeans
-from curate.dedup.groups import connected_components, keep_one_per_group, keep_order
+from curate.dedup.groups import (
+    connected_components,
+    keep_one_per_group,
+    keep_order,
+    linked_groups,
+)
 from curate.dedup.image_based import image_based_keep
 from curate.dedup.knn import Pairs, exact_pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.semdedup import semdedup_scores
@@ -142,6 +147,22 @@ def test_connected_components_match_union_find():
     np.testing.assert_array_equal(
         connected_components(n, left, right), reference_components(n, pairs)
     )
+
+
+def test_linked_groups_are_the_components_of_the_rows_in_pairs():
+    rng = np.random.default_rng(1)
+    n = 1000
+    edges = rng.integers(0, n, size=(200, 2))
+    pairs = {(min(a, b), max(a, b)) for a, b in edges.tolist() if a != b}
+    left, right = np.array(sorted(pairs)).T
+    linked, labels = linked_groups(left, right)
+    np.testing.assert_array_equal(linked, np.unique([left, right]))
+    full = reference_components(n, pairs)
+    # same partition of the linked rows: equal labels exactly where the full labels are equal
+    np.testing.assert_array_equal(
+        labels[:, None] == labels[None, :], full[linked][:, None] == full[linked][None, :]
+    )
+    np.testing.assert_array_equal(linked[labels], full[linked])  # the group's smallest row
 
 
 def test_keep_one_per_group_rules():
@@ -400,9 +421,7 @@ stages:
 def test_reasons_name_the_uid_each_removed_row_duplicates() -> None:
     rows = pl.DataFrame({"uid": ["u0", "u1", "u2", "u3", "u4"], "row": range(5)})
     ctx = StageContext(rows, Path("unused"), seed=0, work_dir=Path("unused"))
-    keep = np.array([True, False, True, False, False])
-    representative = np.array([0, 0, 2, 2, 0])
-    reasons = reasons_naming(ctx, keep, representative, "group kept as uid")
+    reasons = reasons_naming(ctx, np.array([1, 3, 4]), np.array([0, 2, 0]), "group kept as uid")
     assert reasons.to_list() == [
         None,
         "group kept as uid u0",

@@ -33,6 +33,17 @@ def connected_components(n_rows: int, left: np.ndarray, right: np.ndarray) -> np
             parent = grand
 
 
+def linked_groups(left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(linked, labels): the sorted positions that are in at least one pair, and for each its
+    connected component's label (its smallest index into ``linked``). Rows in no pair are
+    groups of one and are left out, so the memory follows the pairs, not the pool."""
+    linked = np.unique(np.concatenate([left, right]).astype(np.int64, copy=False))
+    labels = connected_components(
+        len(linked), np.searchsorted(linked, left), np.searchsorted(linked, right)
+    )
+    return linked, labels
+
+
 def keep_order(
     rows: np.ndarray, keep: GroupKeep, clip_score: np.ndarray | None = None
 ) -> np.ndarray:
