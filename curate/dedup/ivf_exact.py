@@ -41,6 +41,7 @@ ANGLE_SLACK = 1e-3  # radians to spare: float64 rounding of the angles is far be
 CANDIDATE_QUERIES = 512  # query rows whose candidate lists are found at a time
 ANGLE_ROWS = 8192  # rows whose angles a task computes at a time (float64: 8·d bytes a row)
 PROBE_ENTRIES = 1 << 22  # query–list cells an exact-search task unpacks at a time
+SPAN_QUERIES = 8192  # and at most these queries (their angles: about 22·d bytes each)
 RING_QUERIES = 256  # queries of one list that share a product
 EXACT_GROUP_ROWS = GROUP_ROWS // 2  # a task also holds every row's angle and a span's queries
 
@@ -243,7 +244,7 @@ def search_bounded_group(task: BoundedGroupTask) -> None:
     member_angle = -negated[ring.ids]
     del negated
     directions = _directions(load_arrays(task.lists.centroids)["centroids"][lo:hi])
-    span = max(1, PROBE_ENTRIES // (hi - lo))
+    span = max(1, min(PROBE_ENTRIES // (hi - lo), SPAN_QUERIES))
     first_byte, skip = divmod(lo, 8)
     parts, made = [], 0
     for start in range(0, len(queries), span):
