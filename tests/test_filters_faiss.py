@@ -138,23 +138,25 @@ def test_pair_recall_hand_checked():
 # -- groups --------------------------------------------------------------------------------
 
 
-def test_connected_components_match_union_find():
-    rng = np.random.default_rng(0)
-    n = 400
-    edges = rng.integers(0, n, size=(300, 2))
-    pairs = {(min(a, b), max(a, b)) for a, b in edges.tolist() if a != b}
+def random_pairs(seed: int, n: int, edges: int) -> tuple[set, np.ndarray, np.ndarray]:
+    """Random undirected pairs among ``n`` rows: as a set, and as sorted left/right arrays."""
+    drawn = np.random.default_rng(seed).integers(0, n, size=(edges, 2))
+    pairs = {(min(a, b), max(a, b)) for a, b in drawn.tolist() if a != b}
     left, right = np.array(sorted(pairs)).T
+    return pairs, left, right
+
+
+def test_connected_components_match_union_find():
+    n = 400
+    pairs, left, right = random_pairs(0, n, 300)
     np.testing.assert_array_equal(
         connected_components(n, left, right), reference_components(n, pairs)
     )
 
 
 def test_linked_groups_are_the_components_of_the_rows_in_pairs():
-    rng = np.random.default_rng(1)
     n = 1000
-    edges = rng.integers(0, n, size=(200, 2))
-    pairs = {(min(a, b), max(a, b)) for a, b in edges.tolist() if a != b}
-    left, right = np.array(sorted(pairs)).T
+    pairs, left, right = random_pairs(1, n, 200)
     linked, labels = linked_groups(left, right)
     np.testing.assert_array_equal(linked, np.unique([left, right]))
     full = reference_components(n, pairs)
