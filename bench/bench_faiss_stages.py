@@ -128,14 +128,19 @@ def _children() -> dict[int, list[int]]:
     return children
 
 
-def _rss_bytes(pid: int) -> int:
+def _status_kib(field: str, pid: int | str = "self") -> int:
+    """A ``/proc/PID/status`` field in KiB (0 once the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _rss_bytes(pid: int) -> int:
+    return _status_kib("VmRSS", pid) * 1024
 
 
 def _tree_rss_bytes(root: int) -> int:
@@ -310,13 +315,6 @@ def _context(work: Path, step: str, seed: int = 0):
     )
 
 
-def _status_mib(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
     """near_dedup with an exact index; its keep mask and reasons saved for the comparison."""
     import faiss  # noqa: F401  (imported before the peak counter is reset, as for both)
@@ -329,11 +327,11 @@ def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
     sharded = {"shard_rows": args.shard_rows} if index == "sharded_flat" else {}
     params = stage.params_model(threshold=args.threshold, index=index, **sharded)
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS counter
-    rss_start = _status_mib("VmRSS")
+    rss_start = _status_kib("VmRSS") / 1024
     started = _usage()
     result = stage.run(ctx, params)
     ended = _usage()
-    peak = _status_mib("VmHWM")
+    peak = _status_kib("VmHWM") / 1024
     np.savez(work / f"{step}.npz", keep=result.keep, reason=np.asarray(result.reason, dtype=str))
     return {
         "wall_s": ended[0] - started[0],
