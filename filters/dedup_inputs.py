@@ -146,7 +146,7 @@ def reasons_naming(
 ) -> pl.Series:
     """Per row: ``"<text> <uid of rows[named[i]]>"`` for row ``removed[i]``, null for every
     other row. Only those rows' uids are read, in Arrow: no Python string per row (12.8M of
-    them held about 1 GB in the driver)."""
+    them would be about 1 GB in the driver)."""
     return (
         pl.Series("reason", dtype=pl.String)
         .extend_constant(None, ctx.rows.height)

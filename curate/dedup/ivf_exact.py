@@ -122,7 +122,10 @@ def exact_pairs_bounded(
         desc="exact search (sample)",
         progress=progress,
     )
-    made = sum(int(load_arrays(task.out)["products"]) for task in search_tasks)
+    made = 0
+    for task in search_tasks:
+        with np.load(task.out) as stored:  # this member only, not the pairs again
+            made += int(stored["products"])
     pairs = Pairs.from_directed(load_pair_parts([task.out for task in search_tasks]))
     return pairs, made / max(1, len(queries) * len(survivors))
 
