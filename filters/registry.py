@@ -14,6 +14,10 @@ How build-pool runs a stage (:mod:`curate.build_pool.build`):
   on the executor (a histogram per shard -> the threshold; uids by hash prefix -> the rows
   to drop), then run shard by shard with the plan in ``StageContext.plan``;
 - the others (the embedding stages) run once, in the driver, over every surviving row.
+  A stage registered with ``columns_on_demand`` gets the ``row`` column alone and reads its
+  other columns for the rows it asks about (:meth:`StageContext.column_at`); a stage that
+  answers with a :class:`SparseResult` has its shards' decisions written by one task per
+  shard. With both, the driver holds no value per row but the row's position.
 
 Called directly, a stage function answers for whatever rows it is given, computing its own
 plan when ``context.plan`` is None (tests and scripts use it so).
@@ -61,7 +65,21 @@ class StageContext:
     executor: Any = field(default=None, compare=False)
     device: str = "cpu"
     plan: Any = None  # what the stage's prepare step computed over the whole pool, if any
+    # the stage's columns that rows leaves out, and (column, positions into rows) -> that
+    # column's values there, read when asked
+    looked_up: tuple[str, ...] = ()
+    lookup: Callable[[str, np.ndarray], pl.Series] | None = field(default=None, compare=False)
     _cache: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def has_column(self, name: str) -> bool:
+        return name in self.rows.columns or name in self.looked_up
+
+    def column_at(self, name: str, positions: np.ndarray) -> pl.Series:
+        """Column ``name`` of ``rows[positions]``: from ``rows`` when it holds the column,
+        else read for those rows alone (build-pool's driver holds no column but ``row``)."""
+        if name in self.rows.columns or self.lookup is None or name not in self.looked_up:
+            return self.rows[name].gather(positions)
+        return self.lookup(name, positions)
 
     def image_embeddings(self) -> np.ndarray:
         """Float32 image embeddings of ``rows`` (row-aligned with ``rows``)."""
@@ -94,7 +112,55 @@ class StageResult:
     score_column: str | None = None
 
 
-StageFunction = Callable[[StageContext, Any], StageResult]
+@dataclass(frozen=True)
+class SparseResult:
+    """A whole-pool stage's answer as the rows it is about, so that no process holds a value
+    per row: ``removed`` (positions into the stage's ``rows``, ascending) with ``reason`` (one
+    string, or one per removed row), and ``scored`` (ascending) with ``score`` there; every
+    other row is kept, with no score. build-pool writes each shard's decisions from its slice
+    in one task per shard; :meth:`dense` is the per-row answer, for callers over few rows."""
+
+    rows: int
+    removed: np.ndarray
+    reason: str | pl.Series
+    scored: np.ndarray | None = None
+    score: np.ndarray | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def piece(self, start: int, count: int) -> SparseResult:
+        """The answer for ``rows[start:start + count]`` (positions made relative to it)."""
+        low, high = np.searchsorted(self.removed, [start, start + count])
+        reason = self.reason if isinstance(self.reason, str) else self.reason[low:high]
+        scored = score = None
+        if self.scored is not None and self.score is not None:
+            first, last = np.searchsorted(self.scored, [start, start + count])
+            scored, score = self.scored[first:last] - start, self.score[first:last]
+        return SparseResult(count, self.removed[low:high] - start, reason, scored, score)
+
+    def dense(self) -> StageResult:
+        """The same answer as a value per row."""
+        keep = np.ones(self.rows, dtype=bool)
+        keep[self.removed] = False
+        reason: str | pl.Series = self.reason
+        if not isinstance(reason, str):
+            reason = (
+                pl.Series("reason", dtype=pl.String)
+                .extend_constant(None, self.rows)
+                .scatter(self.removed, reason)
+            )
+        score = None
+        if self.scored is not None and self.score is not None:
+            score = np.full(self.rows, np.nan, dtype=np.float32)
+            score[self.scored] = self.score
+        return StageResult(keep=keep, reason=reason, score=score, report=self.report)
+
+
+def dense_result(result: StageResult | SparseResult) -> StageResult:
+    """A stage's answer as a value per row, however it was given."""
+    return result.dense() if isinstance(result, SparseResult) else result
+
+
+StageFunction = Callable[[StageContext, Any], StageResult | SparseResult]
 ColumnsFunction = Callable[[Any, Sequence[str]], Sequence[str]]
 """(params, the samples table's columns) -> the columns the stage reads; raises
 :class:`MissingColumnError` naming what is missing."""
@@ -135,6 +201,7 @@ class Stage:
     per_row: bool | Callable[[Any], bool] = False
     prepare: PrepareFunction | None = None
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    columns_on_demand: bool = False
 
     def columns_for(self, params: Any, available: Sequence[str]) -> list[str]:
         """The columns this stage reads for ``params``; :class:`MissingColumnError` when the
@@ -172,6 +239,7 @@ def register_stage(
     per_row: bool | Callable[[Any], bool] = False,
     prepare: PrepareFunction | None = None,
     merge_reports: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
+    columns_on_demand: bool = False,
 ) -> Callable[[StageFunction], StageFunction]:
     """Register a stage function under ``name``; :mod:`curate.filters.catalog` imports it.
 
@@ -181,6 +249,9 @@ def register_stage(
     ``prepare``: a whole-pool step run before the shard-by-shard pass (map -> reduce on the
     executor); its answer reaches the stage as ``context.plan``. ``merge_reports``: how the
     shards' reports combine (default: numbers summed, equal values kept).
+    ``columns_on_demand``: the stage reads its columns through
+    :meth:`StageContext.column_at` only, for the rows it asks about, so that build-pool's
+    driver need not hold them for every row.
     """
 
     def decorate(function: StageFunction) -> StageFunction:
@@ -195,6 +266,7 @@ def register_stage(
             per_row=per_row,
             prepare=prepare,
             merge_reports=merge_reports,
+            columns_on_demand=columns_on_demand,
         )
         return function
 

@@ -35,7 +35,14 @@ from curate.core.pool_writer import PoolWriter, SourceSample
 from curate.core.stage_parts import read_part
 from curate.core.uid import make_uid
 from curate.filters.catalog import STAGES, get_stage
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import (
+    SparseResult,
+    StageContext,
+    StageParams,
+    StageResult,
+    dense_result,
+    register_stage,
+)
 from tests.conftest import make_image_bytes
 
 VIEW = ["uid", "row", "stage_index", "stage", "kept", "reason", "score"]
@@ -236,6 +243,22 @@ if "ds_modulus" not in STAGES:
         first = rows.select(pl.col("row") == pl.col("row").min().over(group)).to_series()
         return StageResult(keep=first.to_numpy(), reason="duplicate")
 
+    @register_stage("ds_sparse", RowsParams, columns=("uid",), columns_on_demand=True)
+    def _sparse(context, params):
+        """A sparse answer: removes the rows whose number is 1 modulo ``modulus``, the
+        i-th naming the uid at position 7·i of the stage's rows (wrapped: not in row order,
+        from any shard); scores every third row."""
+        rows = context.rows["row"].to_numpy()
+        removed = np.flatnonzero(rows % params.modulus == 1)
+        scored = np.arange(0, len(rows), 3)
+        return SparseResult(
+            rows=len(rows),
+            removed=removed,
+            reason="names uid " + context.column_at("uid", (7 * removed) % len(rows)),
+            scored=scored,
+            score=rows[scored].astype(np.float32) / 2,
+        )
+
 
 NOISE = ["clean", "tiny", "spam_caption", "clean", "mismatched_caption", "clean", "off_topic"]
 
@@ -271,9 +294,10 @@ STAGE_TEXT = {
     "modulus": "  - stage: ds_modulus\n    params: {modulus: 4}\n",
     "caption": "  - stage: ds_caption\n    params: {modulus: 3}\n",
     "dedup": "  - stage: ds_dedup\n    params: {modulus: 1}\n",
+    "sparse": "  - stage: ds_sparse\n    params: {modulus: 3}\n",
     "remove_all": "  - stage: ds_modulus\n    params: {modulus: 1}\n",
 }
-ORDERS = [("modulus", "caption", "dedup"), ("dedup", "caption", "modulus"),
+ORDERS = [("modulus", "caption", "dedup"), ("dedup", "sparse", "caption", "modulus"),
           ("remove_all", "dedup", "caption")]  # fmt: skip
 
 
@@ -284,7 +308,7 @@ def _run_stages_by_hand(pool: Pool, order: tuple[str, ...]) -> list[tuple[int, s
     for stage in recipe.stages:
         context = StageContext(rows=rows, pool_root=pool.root, seed=0, work_dir=pool.root)
         result = (
-            get_stage(stage.name).run(context, stage.params)
+            dense_result(get_stage(stage.name).run(context, stage.params))
             if rows.height
             else StageResult(keep=np.zeros(0, bool), reason="")
         )

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import polars as pl
 
-from curate.build_pool.decisions import assemble, check_result, write_part
+from curate.build_pool.decisions import assemble, check_result, check_sparse, write_part
 from curate.build_pool.ground_truth import NOISE_COLUMN, ground_truth_report
 from curate.build_pool.recipe import Recipe, RecipeStage, bind_to_pool, check_columns
 from curate.core.atomic import (
@@ -72,9 +72,11 @@ from curate.core.uid_index import UidIndex, kept_pairs
 from curate.filters.catalog import get_stage
 from curate.filters.registry import (
     PlanContext,
+    SparseResult,
     Stage,
     StageContext,
     StageResult,
+    dense_result,
     merge_reports,
 )
 
@@ -356,7 +358,7 @@ def _run_segment(task: _SegmentTask) -> list[_ShardOutcome]:
                 device=task.device,
                 plan=run.plan,
             )
-            result = run.spec.run(context, run.params)
+            result = dense_result(run.spec.run(context, run.params))
         rows_in, rows_out = write_part(run.part, run.name, run.index, rows[ROW], result)
         keep = check_result(run.name, run.index, rows.height, result)
         rows = rows.filter(pl.Series(keep))
@@ -458,18 +460,20 @@ def _run_in_driver(
     plan: _Plan, stage: RecipeStage, spec: Stage, earlier: list[list[Path]]
 ) -> StageStats:
     """A stage over all the surviving rows at once, in this process (the embedding stages:
-    their own work goes to the executor as tasks). Its columns are read shard by shard."""
+    their own work goes to the executor as tasks). Its columns are read shard by shard, or,
+    for a stage that reads them on demand, only for the rows it asks about; a sparse answer
+    becomes the shards' decisions in one task per shard."""
     started = time.perf_counter()
     shard_rows = _shard_rows(plan, earlier)
     columns = plan.columns[stage.index]
-    frames = [rows.read(columns) for rows in shard_rows]
+    frames = [rows.read([] if spec.columns_on_demand else columns) for rows in shard_rows]
     counts = [frame.height for frame in frames]
     rows = pl.concat(frames) if frames else pl.DataFrame({ROW: pl.Series([], dtype=pl.UInt64)})
     del frames
     stage_dir = plan.stage_dir(stage)
     (stage_dir / PARTS).mkdir(parents=True, exist_ok=True)
     if rows.height == 0:
-        result = StageResult(keep=np.zeros(0, dtype=bool), reason="")
+        result: StageResult | SparseResult = StageResult(keep=np.zeros(0, dtype=bool), reason="")
     else:
         context = StageContext(
             rows=rows,
@@ -479,26 +483,93 @@ def _run_in_driver(
             embeddings_name=plan.identity["embeddings_name"],
             executor=plan.executor,
             device=plan.device,
+            looked_up=tuple(columns) if spec.columns_on_demand else (),
+            lookup=_ColumnLookup(tuple(shard_rows), tuple(counts)),
         )
         context.work_dir.mkdir(parents=True, exist_ok=True)
         result = spec.run(context, stage.params)
-    keep = check_result(stage.name, stage.index, rows.height, result)
-    start = 0
-    for count, part in zip(counts, plan.parts(stage), strict=True):
-        piece = _slice_result(result, start, count)
-        write_part(part, stage.name, stage.index, rows[ROW].slice(start, count), piece)
-        start += count
+    if isinstance(result, SparseResult):
+        check_sparse(stage.name, stage.index, rows.height, result)
+        del rows
+        rows_out = _write_sparse_parts(plan, stage, shard_rows, counts, result)
+    else:
+        rows_out = int(check_result(stage.name, stage.index, rows.height, result).sum())
+        start = 0
+        for count, part in zip(counts, plan.parts(stage), strict=True):
+            piece = _slice_result(result, start, count)
+            write_part(part, stage.name, stage.index, rows[ROW].slice(start, count), piece)
+            start += count
     stats = StageStats(
         index=stage.index,
         stage=stage.name,
-        rows_in=rows.height,
-        rows_out=int(keep.sum()),
+        rows_in=sum(counts),
+        rows_out=rows_out,
         seconds=round(time.perf_counter() - started, 3),
         report=json.loads(json.dumps(result.report, default=str)),
-        score_column=result.score_column,
+        score_column=None if isinstance(result, SparseResult) else result.score_column,
     )
     write_json(stage_dir / "stats.json", asdict(stats))
     return stats
+
+
+@dataclass(frozen=True)
+class _ColumnLookup:
+    """A column of a driver stage's rows at given positions, read from the shards that hold
+    one of them (a shard at a time), for a driver that holds the ``row`` column alone."""
+
+    shards: tuple[ShardRows, ...]
+    counts: tuple[int, ...]
+
+    def __call__(self, name: str, positions: np.ndarray) -> pl.Series:
+        positions = np.asarray(positions, dtype=np.int64)
+        order = np.argsort(positions, kind="stable")
+        ordered = positions[order]
+        starts = np.concatenate([[0], np.cumsum(self.counts, dtype=np.int64)])
+        bounds = np.searchsorted(ordered, starts)
+        pieces = [
+            shard.read([name])[name].gather(ordered[low:high] - start)
+            for shard, low, high, start in zip(
+                self.shards, bounds[:-1], bounds[1:], starts[:-1], strict=True
+            )
+            if high > low
+        ]
+        if not pieces:
+            return self.shards[0].read([name])[name].clear()
+        return pl.concat(pieces).gather(np.argsort(order))  # back in the order asked
+
+
+@dataclass(frozen=True)
+class _ApplyTask:
+    rows: ShardRows
+    answer: SparseResult  # this shard's slice of the stage's answer
+    stage: str
+    index: int
+    part: Path
+
+
+def _apply_sparse(task: _ApplyTask) -> int:
+    """Map: one shard's decisions from its slice of a sparse answer; returns the rows kept."""
+    rows = task.rows.read([])[ROW]
+    check_sparse(task.stage, task.index, rows.len(), task.answer)
+    return write_part(task.part, task.stage, task.index, rows, task.answer.dense())[1]
+
+
+def _write_sparse_parts(
+    plan: _Plan,
+    stage: RecipeStage,
+    shard_rows: list[ShardRows],
+    counts: list[int],
+    answer: SparseResult,
+) -> int:
+    """Each shard's decisions of a sparse answer, one task per shard; the rows kept."""
+    starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    tasks = [
+        _ApplyTask(rows, answer.piece(int(start), count), stage.name, stage.index, part)
+        for rows, start, count, part in zip(
+            shard_rows, starts[:-1], counts, plan.parts(stage), strict=True
+        )
+    ]
+    return sum(plan.executor.map(_apply_sparse, tasks, threads_ok=True))
 
 
 def _slice_result(result: StageResult, start: int, count: int) -> StageResult:

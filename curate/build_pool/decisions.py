@@ -38,7 +38,7 @@ from curate.core.stage_parts import (
     read_part,
     write_removed_bitmap,
 )
-from curate.filters.registry import StageResult
+from curate.filters.registry import SparseResult, StageResult
 
 ROW_GROUP_ROWS = 1024 * 1024
 BITMAP_GROUP_RECORDS = 16  # bitmap records in one row group: 16 MiB of bits at most
@@ -67,6 +67,41 @@ def check_result(stage: str, index: int, rows: int, result: StageResult) -> np.n
             f"dtype {keep.dtype}; expected {rows} booleans, one per row it was given"
         )
     return keep
+
+
+def check_sparse(stage: str, index: int, rows: int, result: SparseResult) -> None:
+    """A sparse answer checked against the ``rows`` the stage was given: positions ascending,
+    within the rows, a reason per removed row and a score per scored row."""
+    problem = None
+    if result.rows != rows:
+        problem = f"answers for {result.rows} rows"
+    elif not _ascending_within(result.removed, rows):
+        problem = "removed positions that are not ascending row positions"
+    elif not isinstance(result.reason, str) and len(result.reason) != len(result.removed):
+        problem = f"{len(result.reason)} reasons for {len(result.removed)} removed rows"
+    elif (result.scored is None) != (result.score is None):
+        problem = "scored rows without scores, or scores without rows"
+    elif result.scored is not None and result.score is not None:
+        if not _ascending_within(result.scored, rows):
+            problem = "scored positions that are not ascending row positions"
+        elif len(result.score) != len(result.scored):
+            problem = f"{len(result.score)} scores for {len(result.scored)} scored rows"
+    if problem is not None:
+        raise StageAnswerError(
+            f"stage {index} ({stage}) returned {problem}; it was given {rows} rows"
+        )
+
+
+def _ascending_within(positions: np.ndarray, rows: int) -> bool:
+    positions = np.asarray(positions)
+    return positions.dtype.kind in "iu" and (
+        not len(positions)
+        or (
+            bool(np.all(positions[1:] > positions[:-1]))
+            and positions[0] >= 0
+            and positions[-1] < rows
+        )
+    )
 
 
 def write_part(
