@@ -320,6 +320,7 @@ def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
     import faiss  # noqa: F401  (imported before the peak counter is reset, as for both)
 
     from curate.filters.catalog import get_stage
+    from curate.filters.registry import dense_result
 
     stage = get_stage("near_dedup")
     step = {"flat": "near_dedup_flat", "sharded_flat": "near_dedup_sharded"}[index]
@@ -332,7 +333,8 @@ def _exact_near_dedup(args: argparse.Namespace, work: Path, index: str) -> dict:
     result = stage.run(ctx, params)
     ended = _usage()
     peak = _status_kib("VmHWM") / 1024
-    np.savez(work / f"{step}.npz", keep=result.keep, reason=np.asarray(result.reason, dtype=str))
+    answer = dense_result(result)  # a value per row, after the peak is read
+    np.savez(work / f"{step}.npz", keep=answer.keep, reason=np.asarray(answer.reason, dtype=str))
     return {
         "wall_s": ended[0] - started[0],
         "cpu_s": ended[1] - started[1],

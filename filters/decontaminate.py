@@ -41,7 +41,13 @@ class DecontaminateParams(StageParams):
     task_rows: int | None = task_rows_field()
 
 
-@register_stage("decontaminate", DecontaminateParams, needs_embeddings=True, columns=())
+@register_stage(
+    "decontaminate",
+    DecontaminateParams,
+    needs_embeddings=True,
+    columns=(),
+    columns_on_demand=True,
+)
 def decontaminate(ctx: StageContext, params: DecontaminateParams) -> StageResult:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)

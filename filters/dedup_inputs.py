@@ -53,9 +53,13 @@ def embeddings_identity(ctx: StageContext) -> dict[str, Any]:
 
 def survivors(ctx: StageContext) -> Survivors:
     """The stage's rows as positions in the float16 image rows (read in blocks, by tasks)."""
-    return Survivors(
-        NpyFile.of(set_parts(ctx)[1]), ctx.rows["row"].to_numpy().astype(np.int64, copy=False)
-    )
+    return Survivors(NpyFile.of(set_parts(ctx)[1]), row_positions(ctx))
+
+
+def row_positions(ctx: StageContext) -> np.ndarray:
+    """The rows' pool positions as int64, without a copy of build-pool's uint64 column."""
+    rows = ctx.rows["row"].to_numpy()
+    return rows.view(np.int64) if rows.dtype == np.uint64 else rows.astype(np.int64, copy=False)
 
 
 def rows_file(ctx: StageContext, rows: Survivors) -> Path:
@@ -105,22 +109,28 @@ def stage_cache_key(ctx: StageContext, **params: Any) -> str:
     )
 
 
-def clip_scores(ctx: StageContext) -> np.ndarray:
-    """CLIP score of each row: the rows' ``clip_score`` column, else the embedding set's
-    ``clip_score.parquet`` joined on uid (NaN where a uid has none)."""
-    if "clip_score" in ctx.rows.columns:
-        return ctx.rows["clip_score"].cast(pl.Float64).to_numpy()
+def clip_scores(ctx: StageContext, positions: np.ndarray) -> np.ndarray:
+    """CLIP score of ``rows[positions]``: the rows' ``clip_score`` column, else the embedding
+    set's ``clip_score.parquet`` joined on uid (NaN where a uid has none)."""
+    if ctx.has_column("clip_score"):
+        return ctx.column_at("clip_score", positions).cast(pl.Float64).to_numpy()
     name, image, text = set_parts(ctx)
     if image.normalize and text is not None:  # .npz used in place: no clip_score.parquet
-        return in_place_clip_scores(ctx.rows["row"].to_numpy(), image, text).astype(np.float64)
+        return in_place_clip_scores(row_positions(ctx)[positions], image, text).astype(np.float64)
     path = embedding_layout(ctx.pool_root, name).clip_score
     if not path.is_file():
         raise UserInputError(
             f"{path} is missing: keep: highest_clip_score needs the CLIP scores that "
             "`curate embed` writes; re-run `curate embed` or use keep: lowest_row"
         )
-    scores = pl.read_parquet(path, columns=["uid", "clip_score"])
-    joined = ctx.rows.select("uid").join(scores, on="uid", how="left", maintain_order="left")
+    uids = ctx.column_at("uid", positions).to_frame("uid")
+    scores = (
+        pl.scan_parquet(path)
+        .select("uid", "clip_score")
+        .filter(pl.col("uid").is_in(uids["uid"].implode()))
+        .collect()
+    )
+    joined = uids.join(scores, on="uid", how="left", maintain_order="left")
     return joined["clip_score"].cast(pl.Float64).to_numpy()
 
 
@@ -145,13 +155,18 @@ def reasons_naming(
     ctx: StageContext, removed: np.ndarray, named: np.ndarray, text: str
 ) -> pl.Series:
     """Per row: ``"<text> <uid of rows[named[i]]>"`` for row ``removed[i]``, null for every
-    other row. Only those rows' uids are read, in Arrow: no Python string per row (12.8M of
-    them would be about 1 GB in the driver)."""
+    other row. Only the named rows' uids are read, in Arrow: no Python string per row (12.8M
+    of them would be about 1 GB in the driver)."""
     return (
         pl.Series("reason", dtype=pl.String)
         .extend_constant(None, ctx.rows.height)
-        .scatter(removed, (text + " ") + ctx.rows["uid"].gather(named))
+        .scatter(removed, removal_reasons(ctx, named, text))
     )
+
+
+def removal_reasons(ctx: StageContext, named: np.ndarray, text: str) -> pl.Series:
+    """``"<text> <uid of rows[named[i]]>"`` for each ``i``: the reasons of a sparse answer."""
+    return (text + " ") + ctx.column_at("uid", named)
 
 
 def cached_kmeans(

@@ -60,7 +60,9 @@ class ImageBasedParams(StageParams):
     task_rows: int | None = task_rows_field()
 
 
-@register_stage("image_based", ImageBasedParams, needs_embeddings=True, columns=())
+@register_stage(
+    "image_based", ImageBasedParams, needs_embeddings=True, columns=(), columns_on_demand=True
+)
 def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)

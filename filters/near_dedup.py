@@ -39,7 +39,8 @@ from curate.dedup.knn import Pairs, pair_recall, plan_index, self_pairs
 from curate.dedup.sharded import SHARD_ROWS, describe_sharded, sharded_pairs_on_executor
 from curate.filters.dedup_inputs import (
     clip_scores,
-    reasons_naming,
+    removal_reasons,
+    row_positions,
     rows_file,
     stage_cache_key,
     step_dir,
@@ -47,7 +48,7 @@ from curate.filters.dedup_inputs import (
     task_rows_field,
     use_gpu,
 )
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import SparseResult, StageContext, StageParams, register_stage
 
 
 class NearDedupParams(StageParams):
@@ -96,8 +97,14 @@ def _columns(params: NearDedupParams, available: Sequence[str]) -> list[str]:
     return wanted
 
 
-@register_stage("near_dedup", NearDedupParams, needs_embeddings=True, columns=_columns)
-def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
+@register_stage(
+    "near_dedup",
+    NearDedupParams,
+    needs_embeddings=True,
+    columns=_columns,
+    columns_on_demand=True,
+)
+def near_dedup(ctx: StageContext, params: NearDedupParams) -> SparseResult:
     n = ctx.rows.height
     rows = survivors(ctx)
     gpu = use_gpu(ctx)
@@ -163,16 +170,15 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     pairs = Pairs(**cached_arrays(ctx.work_dir, "near-pairs", key, search))
 
     linked, labels = linked_groups(pairs.left, pairs.right)
-    scores = clip_scores(ctx)[linked] if params.keep == "highest_clip_score" else None
-    order = keep_order(ctx.rows["row"].gather(linked).to_numpy(), params.keep, scores)
+    scores = clip_scores(ctx, linked) if params.keep == "highest_clip_score" else None
+    order = keep_order(row_positions(ctx)[linked], params.keep, scores)
     linked_kept, representative = keep_one_per_group(labels, order)
     removed = linked[~linked_kept]
-    keep = np.ones(n, dtype=bool)
-    keep[removed] = False
 
-    best = np.full(n, np.nan, dtype=np.float32)
-    np.fmax.at(best, pairs.left, pairs.similarity)
-    np.fmax.at(best, pairs.right, pairs.similarity)
+    # each linked row's highest cosine in a pair (rows in no pair have none)
+    best = np.full(len(linked), -np.inf, dtype=np.float32)
+    np.maximum.at(best, np.searchsorted(linked, pairs.left), pairs.similarity)
+    np.maximum.at(best, np.searchsorted(linked, pairs.right), pairs.similarity)
 
     report = {
         **plan_description,
@@ -184,14 +190,15 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> StageResult:
     }
     if searched_lists is not None and params.recall_sample:
         report.update(_recall_report(ctx, rows, pairs, params, searched_lists()))
-    return StageResult(
-        keep=keep,
-        reason=reasons_naming(
+    return SparseResult(
+        rows=n,
+        removed=removed,
+        reason=removal_reasons(
             ctx,
-            removed,
             linked[representative[~linked_kept]],
             f"near-duplicate group (cosine ≥ {params.threshold} links) kept as uid",
         ),
+        scored=linked,
         score=best,
         report=report,
     )

@@ -60,7 +60,9 @@ class SemDedupParams(StageParams):
     task_rows: int | None = task_rows_field()
 
 
-@register_stage("semdedup", SemDedupParams, needs_embeddings=True, columns=("uid",))
+@register_stage(
+    "semdedup", SemDedupParams, needs_embeddings=True, columns=("uid",), columns_on_demand=True
+)
 def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)

@@ -28,7 +28,7 @@ from curate.dedup.semdedup import semdedup_scores
 from curate.dedup.synthetic import planted_near_duplicates
 from curate.filters.catalog import get_stage
 from curate.filters.dedup_inputs import reasons_naming
-from curate.filters.registry import StageContext
+from curate.filters.registry import StageContext, StageResult, dense_result
 
 THRESHOLD = 0.95
 N, DIM = 1500, 64
@@ -92,9 +92,10 @@ def make_context(
     return StageContext(rows=rows, pool_root=root, seed=seed, work_dir=work)
 
 
-def run_stage(name: str, ctx: StageContext, **params):
+def run_stage(name: str, ctx: StageContext, **params) -> StageResult:
+    """The stage's answer as a value per row (near_dedup answers sparsely)."""
     stage = get_stage(name)
-    return stage.run(ctx, stage.params_model(**params))
+    return dense_result(stage.run(ctx, stage.params_model(**params)))
 
 
 # -- pairs and recall ----------------------------------------------------------------------
