@@ -432,3 +432,76 @@ def test_reasons_name_the_uid_each_removed_row_duplicates() -> None:
         "group kept as uid u2",
         "group kept as uid u0",
     ]
+
+
+def test_build_reads_columns_on_demand_as_the_stages_run_by_hand(tmp_path):
+    """build-pool's driver holds the rows' positions only: near_dedup (keep:
+    highest_clip_score, from the samples table's clip_score column) and semdedup read uid and
+    clip_score for the rows they name, shard by shard, and near_dedup's sparse answer is
+    written by one task per shard. In shards of 37 rows on two workers, the decisions equal
+    those of the stages run by hand over the whole table."""
+    from curate.build_pool.build import build_pool
+    from curate.build_pool.recipe import parse_recipe
+    from curate.core.executor import LocalExecutor
+    from curate.core.pool import Pool
+    from curate.core.pool_writer import PoolWriter, SourceSample
+    from tests.conftest import make_image_bytes
+
+    n = 300
+    rng = np.random.default_rng(4)
+    with PoolWriter(tmp_path / "pool", name="t", source={"type": "test"}, command="test") as w:
+        for i in range(n):
+            w.add(
+                SourceSample(
+                    source="test",
+                    where=f"row {i}",
+                    text=f"photo {i}",
+                    image=make_image_bytes(i),
+                    extras={"clip_score": float(rng.random())},
+                )
+            )
+    pool = Pool.open(tmp_path / "pool")
+    vectors = planted_near_duplicates(n, 16, n_centers=6, duplicate_fraction=0.3, seed=2).vectors
+    emb = pool.layout.embeddings("test")
+    emb.root.mkdir(parents=True)
+    np.save(emb.image, vectors.astype(np.float16))
+    emb.meta.write_text(json.dumps({"name": "test"}))
+    recipe = parse_recipe(
+        """\
+name: on_demand
+stages:
+  - stage: near_dedup
+    params: {threshold: 0.97, keep: highest_clip_score}
+  - stage: semdedup
+    params: {eps: 0.1, n_clusters: 3}
+""",
+        source="test.yaml",
+    )
+    build_pool(recipe, tmp_path / "pool", tmp_path / "subset", shard_rows=37,
+               executor=LocalExecutor(workers=2))  # fmt: skip
+    built = subset_decisions(tmp_path / "subset").collect()
+
+    rows = pool.samples(columns=["uid", "clip_score"]).with_row_index("row")
+    for stage in recipe.stages:
+        context = StageContext(
+            rows=rows, pool_root=pool.root, seed=0, work_dir=tmp_path / "by_hand"
+        )
+        (tmp_path / "by_hand").mkdir(exist_ok=True)
+        result = dense_result(get_stage(stage.name).run(context, stage.params))
+        reason = pl.Series(np.asarray(result.reason, dtype=object).tolist(), dtype=pl.String)
+        expected = pl.DataFrame(
+            {
+                "row": rows["row"].cast(pl.Int64),
+                "kept": result.keep,
+                "reason": reason,
+                "score": pl.Series(result.score, dtype=pl.Float32),
+            }
+        ).with_columns(reason=pl.when("kept").then(None).otherwise("reason"))
+        got = built.filter(pl.col("stage") == stage.name).sort("row")
+        got = got.select(pl.col("row").cast(pl.Int64), "kept", pl.col("reason").cast(pl.String),
+                         pl.col("score").cast(pl.Float32))  # fmt: skip
+        assert 0 < (~expected["kept"]).sum() < len(expected), stage.name
+        assert got.with_columns(pl.col("score").fill_nan(None)).equals(
+            expected.with_columns(pl.col("score").fill_nan(None))
+        ), stage.name
+        rows = rows.filter(pl.Series(result.keep))
