@@ -16,8 +16,9 @@ How build-pool runs a stage (:mod:`curate.build_pool.build`):
 - the others (the embedding stages) run once, in the driver, over every surviving row.
   A stage registered with ``columns_on_demand`` gets the ``row`` column alone and reads its
   other columns for the rows it asks about (:meth:`StageContext.column_at`); a stage that
-  answers with a :class:`SparseResult` has its shards' decisions written by one task per
-  shard. With both, the driver holds no value per row but the row's position.
+  answers with a :class:`ShardedAnswer` (a :class:`SparseResult`, or an answer left in its
+  tasks' files) has its shards' decisions written by one task per shard. With both, the
+  driver holds no value per row but the row's position.
 
 Called directly, a stage function answers for whatever rows it is given, computing its own
 plan when ``context.plan`` is None (tests and scripts use it so).
@@ -28,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -112,6 +113,23 @@ class StageResult:
     score_column: str | None = None
 
 
+class ShardedAnswer(Protocol):
+    """A whole-pool stage's answer that build-pool writes shard by shard, one task per shard,
+    so that no process holds a value per row: ``piece`` is the (small, picklable) answer for
+    ``rows[start:start + count]`` and ``dense`` its value per row, computed in the task (from
+    the few rows it names, or from the stage's task outputs on disk)."""
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def report(self) -> dict[str, Any]: ...
+
+    def piece(self, start: int, count: int) -> ShardedAnswer: ...
+
+    def dense(self) -> StageResult: ...
+
+
 @dataclass(frozen=True)
 class SparseResult:
     """A whole-pool stage's answer as the rows it is about, so that no process holds a value
@@ -155,12 +173,12 @@ class SparseResult:
         return StageResult(keep=keep, reason=reason, score=score, report=self.report)
 
 
-def dense_result(result: StageResult | SparseResult) -> StageResult:
+def dense_result(result: StageResult | ShardedAnswer) -> StageResult:
     """A stage's answer as a value per row, however it was given."""
-    return result.dense() if isinstance(result, SparseResult) else result
+    return result if isinstance(result, StageResult) else result.dense()
 
 
-StageFunction = Callable[[StageContext, Any], StageResult | SparseResult]
+StageFunction = Callable[[StageContext, Any], StageResult | ShardedAnswer]
 ColumnsFunction = Callable[[Any, Sequence[str]], Sequence[str]]
 """(params, the samples table's columns) -> the columns the stage reads; raises
 :class:`MissingColumnError` naming what is missing."""

@@ -46,7 +46,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import polars as pl
 
-from curate.build_pool.decisions import assemble, check_result, check_sparse, write_part
+from curate.build_pool.decisions import (
+    StageAnswerError,
+    assemble,
+    check_result,
+    check_sparse,
+    write_part,
+)
 from curate.build_pool.ground_truth import NOISE_COLUMN, ground_truth_report
 from curate.build_pool.recipe import Recipe, RecipeStage, bind_to_pool, check_columns
 from curate.core.atomic import (
@@ -72,6 +78,7 @@ from curate.core.uid_index import UidIndex, kept_pairs
 from curate.filters.catalog import get_stage
 from curate.filters.registry import (
     PlanContext,
+    ShardedAnswer,
     SparseResult,
     Stage,
     StageContext,
@@ -473,7 +480,7 @@ def _run_in_driver(
     stage_dir = plan.stage_dir(stage)
     (stage_dir / PARTS).mkdir(parents=True, exist_ok=True)
     if rows.height == 0:
-        result: StageResult | SparseResult = StageResult(keep=np.zeros(0, dtype=bool), reason="")
+        result: StageResult | ShardedAnswer = StageResult(keep=np.zeros(0, dtype=bool), reason="")
     else:
         context = StageContext(
             rows=rows,
@@ -488,10 +495,10 @@ def _run_in_driver(
         )
         context.work_dir.mkdir(parents=True, exist_ok=True)
         result = spec.run(context, stage.params)
-    if isinstance(result, SparseResult):
-        check_sparse(stage.name, stage.index, rows.height, result)
+    if not isinstance(result, StageResult):
+        _check_answer(stage, rows.height, result)
         del rows
-        rows_out = _write_sparse_parts(plan, stage, shard_rows, counts, result)
+        rows_out = _write_answer_parts(plan, stage, shard_rows, counts, result)
     else:
         rows_out = int(check_result(stage.name, stage.index, rows.height, result).sum())
         start = 0
@@ -506,7 +513,7 @@ def _run_in_driver(
         rows_out=rows_out,
         seconds=round(time.perf_counter() - started, 3),
         report=json.loads(json.dumps(result.report, default=str)),
-        score_column=None if isinstance(result, SparseResult) else result.score_column,
+        score_column=result.score_column if isinstance(result, StageResult) else None,
     )
     write_json(stage_dir / "stats.json", asdict(stats))
     return stats
@@ -538,38 +545,48 @@ class _ColumnLookup:
         return pl.concat(pieces).gather(np.argsort(order))  # back in the order asked
 
 
+def _check_answer(stage: RecipeStage, rows: int, answer: ShardedAnswer) -> None:
+    if isinstance(answer, SparseResult):
+        check_sparse(stage.name, stage.index, rows, answer)
+    elif answer.rows != rows:
+        raise StageAnswerError(
+            f"stage {stage.index} ({stage.name}) answered for {answer.rows} rows; it was "
+            f"given {rows}"
+        )
+
+
 @dataclass(frozen=True)
 class _ApplyTask:
     rows: ShardRows
-    answer: SparseResult  # this shard's slice of the stage's answer
-    stage: str
-    index: int
+    answer: ShardedAnswer  # this shard's piece of the stage's answer
+    stage: RecipeStage
     part: Path
 
 
-def _apply_sparse(task: _ApplyTask) -> int:
-    """Map: one shard's decisions from its slice of a sparse answer; returns the rows kept."""
+def _apply_answer(task: _ApplyTask) -> int:
+    """Map: one shard's decisions from its piece of a stage's answer; the rows kept."""
     rows = task.rows.read([])[ROW]
-    check_sparse(task.stage, task.index, rows.len(), task.answer)
-    return write_part(task.part, task.stage, task.index, rows, task.answer.dense())[1]
+    _check_answer(task.stage, rows.len(), task.answer)
+    name, index = task.stage.name, task.stage.index
+    return write_part(task.part, name, index, rows, task.answer.dense())[1]
 
 
-def _write_sparse_parts(
+def _write_answer_parts(
     plan: _Plan,
     stage: RecipeStage,
     shard_rows: list[ShardRows],
     counts: list[int],
-    answer: SparseResult,
+    answer: ShardedAnswer,
 ) -> int:
-    """Each shard's decisions of a sparse answer, one task per shard; the rows kept."""
+    """Each shard's decisions of a sharded answer, one task per shard; the rows kept."""
     starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
     tasks = [
-        _ApplyTask(rows, answer.piece(int(start), count), stage.name, stage.index, part)
+        _ApplyTask(rows, answer.piece(int(start), count), stage, part)
         for rows, start, count, part in zip(
             shard_rows, starts[:-1], counts, plan.parts(stage), strict=True
         )
     ]
-    return sum(plan.executor.map(_apply_sparse, tasks, threads_ok=True))
+    return sum(plan.executor.map(_apply_answer, tasks, threads_ok=True))
 
 
 def _slice_result(result: StageResult, start: int, count: int) -> StageResult:
