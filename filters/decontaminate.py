@@ -11,13 +11,15 @@ file searches each eval set (the same search as one flat index over all rows at 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
-from curate.dedup.nearest import nearest_blocked
+from curate.dedup.nearest import NearestParts, nearest_parts
 from curate.dedup.reference import load_reference_embeddings
 from curate.filters.dedup_inputs import (
     array_digest,
@@ -48,21 +50,15 @@ class DecontaminateParams(StageParams):
     columns=(),
     columns_on_demand=True,
 )
-def decontaminate(ctx: StageContext, params: DecontaminateParams) -> StageResult:
+def decontaminate(ctx: StageContext, params: DecontaminateParams) -> NearestEvalImages:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)
     eval_sets = [
         load_reference_embeddings(path, vectors.dim, f"eval_embeddings[{position}]")
         for position, path in enumerate(params.eval_embeddings)
     ]
-    best = np.full(len(vectors), -np.inf, dtype=np.float32)
-    which_set = np.full(len(vectors), -1, dtype=np.int64)
-    which_row = np.full(len(vectors), -1, dtype=np.int64)
-    per_set = {}
-    for position, (path, eval_vectors) in enumerate(
-        zip(params.eval_embeddings, eval_sets, strict=True)
-    ):
-        found = nearest_blocked(
+    found = tuple(
+        nearest_parts(
             vectors,
             eval_vectors,
             step_dir(ctx, "decontaminate", eval_set=array_digest(eval_vectors), gpu=gpu),
@@ -72,28 +68,58 @@ def decontaminate(ctx: StageContext, params: DecontaminateParams) -> StageResult
             progress=True,
             desc=f"decontaminate {Path(path).name}",
         )
-        better = found.similarity > best
-        best[better] = found.similarity[better]
-        which_set[better] = position
-        which_row[better] = found.index[better]
-        per_set[str(path)] = int((found.similarity >= params.threshold).sum())
-    keep = ~(best >= np.float32(params.threshold))
-    removed = np.flatnonzero(~keep)
-    reason = np.full(len(vectors), "", dtype=object)
-    paths = np.array([str(path) for path in params.eval_embeddings], dtype=object)
-    reason[removed] = (
-        f"near-duplicate (cosine ≥ {params.threshold}) of eval image "
-        + paths[which_set[removed]]
-        + " row "
-        + which_row[removed].astype(str).astype(object)
+        for path, eval_vectors in zip(params.eval_embeddings, eval_sets, strict=True)
     )
-    return StageResult(
-        keep=keep,
-        reason=reason,
-        score=best,
-        report={
-            "threshold": params.threshold,
-            "removed": int((~keep).sum()),
-            "removed_by_eval_set": per_set,
-        },
+    answer = NearestEvalImages(
+        found, tuple(str(path) for path in params.eval_embeddings), params.threshold, len(vectors)
     )
+    per_set = {str(path): 0 for path in params.eval_embeddings}
+    removed = 0
+    for start, stop in found[0].windows():  # a task's rows at a time
+        removed += int((~answer.piece(start, stop - start).dense().keep).sum())
+        for path, parts in zip(params.eval_embeddings, found, strict=True):
+            per_set[str(path)] += int(
+                (parts.read(start, stop).similarity >= params.threshold).sum()
+            )
+    report = {"threshold": params.threshold, "removed": removed, "removed_by_eval_set": per_set}
+    return replace(answer, report=report)
+
+
+@dataclass(frozen=True)
+class NearestEvalImages:
+    """decontaminate's answer for rows ``[start, start + rows)`` of the stage's, read from the
+    search tasks' files (one :class:`NearestParts` per eval set) when asked (in build-pool, by
+    one task per shard): a row is removed when its nearest eval image, over all the sets, is
+    at ``threshold`` or above, and scored with that cosine."""
+
+    found: tuple[NearestParts, ...]
+    paths: tuple[str, ...]
+    threshold: float
+    rows: int
+    start: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def piece(self, start: int, count: int) -> NearestEvalImages:
+        return replace(self, rows=count, start=self.start + start, report={})
+
+    def dense(self) -> StageResult:
+        best = np.full(self.rows, -np.inf, dtype=np.float32)
+        which_set = np.full(self.rows, -1, dtype=np.int64)
+        which_row = np.full(self.rows, -1, dtype=np.int64)
+        for position, parts in enumerate(self.found):
+            found = parts.read(self.start, self.start + self.rows)
+            better = found.similarity > best
+            best[better] = found.similarity[better]
+            which_set[better] = position
+            which_row[better] = found.index[better]
+        keep = ~(best >= np.float32(self.threshold))
+        removed = np.flatnonzero(~keep)
+        reason = np.full(self.rows, "", dtype=object)
+        paths = np.array(self.paths, dtype=object)
+        reason[removed] = (
+            f"near-duplicate (cosine ≥ {self.threshold}) of eval image "
+            + paths[which_set[removed]]
+            + " row "
+            + which_row[removed].astype(str).astype(object)
+        )
+        return StageResult(keep=keep, reason=reason, score=best, report=self.report)

@@ -14,7 +14,9 @@ float32 matrix, without that matrix.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -23,8 +25,9 @@ from curate.dedup.blocks import TASK_ROWS
 from curate.dedup.clustering import default_train_sample
 from curate.dedup.image_based import (
     ROWS_PER_CLUSTER,
+    TargetClusters,
     default_n_clusters,
-    image_based_keep_blocked,
+    target_clusters_blocked,
 )
 from curate.dedup.reference import load_reference_embeddings
 from curate.filters.dedup_inputs import (
@@ -63,7 +66,7 @@ class ImageBasedParams(StageParams):
 @register_stage(
     "image_based", ImageBasedParams, needs_embeddings=True, columns=(), columns_on_demand=True
 )
-def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
+def image_based(ctx: StageContext, params: ImageBasedParams) -> ImageBasedAnswer:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)
     target = load_reference_embeddings(params.target_embeddings, vectors.dim, "target_embeddings")
@@ -78,7 +81,7 @@ def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
         spherical=params.spherical,
         gpu=gpu,
     )
-    selection = image_based_keep_blocked(
+    selection = target_clusters_blocked(
         vectors,
         target,
         centroids,
@@ -88,14 +91,9 @@ def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
         gpu=gpu,
         progress=True,
     )
-    # one string per cluster, shared by its rows (N pointers, not N strings)
-    reason_of_cluster = np.array(
-        [f"no target image is nearest to cluster {c}" for c in range(n_clusters)], dtype=object
-    )
-    reason = np.where(selection.keep, "", reason_of_cluster[selection.cluster_ids]).astype(object)
-    return StageResult(
-        keep=selection.keep,
-        reason=reason,
+    return ImageBasedAnswer(
+        selection,
+        rows=len(vectors),
         report={
             "n_clusters": n_clusters,
             "train_rows": min(
@@ -103,6 +101,30 @@ def image_based(ctx: StageContext, params: ImageBasedParams) -> StageResult:
             ),
             "target_rows": len(target),
             "target_clusters": len(selection.target_clusters),
-            "kept_fraction": float(selection.keep.mean()),
+            "kept_fraction": selection.kept_rows() / len(vectors),
         },
     )
+
+
+@dataclass(frozen=True)
+class ImageBasedAnswer:
+    """image_based's answer for rows ``[start, start + rows)`` of the stage's, read from the
+    assignment tasks' files when asked (in build-pool, by one task per shard)."""
+
+    selection: TargetClusters
+    rows: int
+    start: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def piece(self, start: int, count: int) -> ImageBasedAnswer:
+        return ImageBasedAnswer(self.selection, count, self.start + start)
+
+    def dense(self) -> StageResult:
+        cluster_ids = self.selection.cluster_ids(self.start, self.start + self.rows)
+        keep = self.selection.keep(cluster_ids)
+        removed = np.flatnonzero(~keep)
+        reason = np.full(self.rows, "", dtype=object)
+        reason[removed] = "no target image is nearest to cluster " + cluster_ids[removed].astype(
+            str
+        ).astype(object)
+        return StageResult(keep=keep, reason=reason, report=self.report)

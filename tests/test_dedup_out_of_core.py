@@ -29,11 +29,12 @@ from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
 from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs, list_groups
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
-from curate.dedup.nearest import nearest_blocked
+from curate.dedup.nearest import nearest_blocked, nearest_parts
 from curate.dedup.semdedup import semdedup_scores, semdedup_scores_blocked
 from curate.dedup.sharded import sharded_pairs_on_executor, sharded_self_pairs
 from curate.dedup.synthetic import planted_near_duplicates
 from curate.filters.catalog import get_stage
+from curate.filters.registry import dense_result
 from tests.test_filters_faiss import make_context
 
 N, DIM = 20_000, 32  # three tasks of 8,192 rows (the smallest task)
@@ -114,6 +115,15 @@ def test_nearest_blocked_is_nearest_over_the_whole_matrix(survivors, in_memory, 
     np.testing.assert_array_equal(found.similarity, similarity)
     reference = semdedup_scores(in_memory, cluster_ids, centroids)
     np.testing.assert_array_equal(found.distance, reference.distance_to_centroid)
+
+    # left in the tasks' files (as the stages' answers are), any window reads the same rows
+    parts = nearest_parts(survivors, centroids, tmp_path, task_rows=TASK, with_distance=True)
+    assert parts.windows() == [(0, TASK), (TASK, len(survivors))]
+    for start, stop in [(0, 0), (5, 6), (100, TASK), (TASK - 3, TASK + 4), (0, len(survivors))]:
+        window = parts.read(start, stop)
+        np.testing.assert_array_equal(window.index, cluster_ids[start:stop])
+        np.testing.assert_array_equal(window.similarity, similarity[start:stop])
+        np.testing.assert_array_equal(window.distance, found.distance[start:stop])
 
 
 def test_ivf_pairs_are_the_one_index_search(survivors, in_memory, rows_file, tmp_path):
@@ -332,7 +342,7 @@ def test_a_stage_never_holds_the_float32_matrix(tmp_path):
     )
     tracemalloc.start()
     try:
-        result = stage.run(ctx, params)
+        result = dense_result(stage.run(ctx, params))  # the stage, then its value per row
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

@@ -437,9 +437,10 @@ def test_reasons_name_the_uid_each_removed_row_duplicates() -> None:
 def test_build_reads_columns_on_demand_as_the_stages_run_by_hand(tmp_path):
     """build-pool's driver holds the rows' positions only: near_dedup (keep:
     highest_clip_score, from the samples table's clip_score column) and semdedup read uid and
-    clip_score for the rows they name, shard by shard, and near_dedup's sparse answer is
-    written by one task per shard. In shards of 37 rows on two workers, the decisions equal
-    those of the stages run by hand over the whole table."""
+    clip_score for the rows they name, shard by shard; near_dedup's sparse answer and
+    decontaminate's and image_based's answers, left in their tasks' files, are written by one
+    task per shard. In shards of 37 rows on two workers, the decisions equal those of the
+    stages run by hand over the whole table."""
     from curate.build_pool.build import build_pool
     from curate.build_pool.recipe import parse_recipe
     from curate.core.executor import LocalExecutor
@@ -466,14 +467,20 @@ def test_build_reads_columns_on_demand_as_the_stages_run_by_hand(tmp_path):
     emb.root.mkdir(parents=True)
     np.save(emb.image, vectors.astype(np.float16))
     emb.meta.write_text(json.dumps({"name": "test"}))
+    np.save(tmp_path / "eval.npy", vectors[20:23].astype(np.float16))
+    np.save(tmp_path / "target.npy", vectors[:2].astype(np.float16))
     recipe = parse_recipe(
-        """\
+        f"""\
 name: on_demand
 stages:
+  - stage: decontaminate
+    params: {{eval_embeddings: ["{tmp_path / "eval.npy"}"], threshold: 0.999}}
   - stage: near_dedup
-    params: {threshold: 0.97, keep: highest_clip_score}
+    params: {{threshold: 0.97, keep: highest_clip_score}}
   - stage: semdedup
-    params: {eps: 0.1, n_clusters: 3}
+    params: {{eps: 0.1, n_clusters: 3}}
+  - stage: image_based
+    params: {{target_embeddings: "{tmp_path / "target.npy"}", n_clusters: 4}}
 """,
         source="test.yaml",
     )
@@ -494,7 +501,10 @@ stages:
                 "row": rows["row"].cast(pl.Int64),
                 "kept": result.keep,
                 "reason": reason,
-                "score": pl.Series(result.score, dtype=pl.Float32),
+                "score": pl.Series(
+                    result.score if result.score is not None else [None] * rows.height,
+                    dtype=pl.Float32,
+                ),
             }
         ).with_columns(reason=pl.when("kept").then(None).otherwise("reason"))
         got = built.filter(pl.col("stage") == stage.name).sort("row")

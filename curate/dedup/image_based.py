@@ -18,7 +18,7 @@ import numpy as np
 
 from curate.dedup.blocks import TASK_ROWS, Survivors
 from curate.dedup.clustering import assign, kmeans
-from curate.dedup.nearest import nearest_blocked
+from curate.dedup.nearest import NearestParts, nearest_parts
 
 ROWS_PER_CLUSTER = 128  # DataComp: 12.8M samples / 100,000 clusters
 
@@ -72,7 +72,31 @@ def image_based_keep(
     )
 
 
-def image_based_keep_blocked(
+@dataclass(frozen=True)
+class TargetClusters:
+    """The image-based selection left in the assignment tasks' files: a row is kept when its
+    nearest centroid (``assigned``) is one of ``target_clusters``. Picklable: a task reads the
+    rows it answers for."""
+
+    assigned: NearestParts
+    target_clusters: np.ndarray  # sorted unique nearest centroids of the target images
+
+    def cluster_ids(self, start: int, stop: int) -> np.ndarray:
+        """Nearest centroid of rows ``[start, stop)``."""
+        return self.assigned.read(start, stop).index
+
+    def keep(self, cluster_ids: np.ndarray) -> np.ndarray:
+        return np.isin(cluster_ids, self.target_clusters)
+
+    def kept_rows(self) -> int:
+        """How many rows are kept, a task's file at a time."""
+        return sum(
+            int(self.keep(self.cluster_ids(start, stop)).sum())
+            for start, stop in self.assigned.windows()
+        )
+
+
+def target_clusters_blocked(
     survivors: Survivors,
     target_image_emb: np.ndarray,
     centroids: np.ndarray,
@@ -82,11 +106,11 @@ def image_based_keep_blocked(
     task_rows: int = TASK_ROWS,
     gpu: bool = False,
     progress: bool = False,
-) -> ImageBasedSelection:
+) -> TargetClusters:
     """:func:`image_based_keep` with given centroids, the pool's rows read from the float16
-    file a block at a time by tasks of ``task_rows`` rows: the same assignment, the same keep
-    mask. This process holds the centroids, the target set and ``13`` bytes a row."""
-    pool = nearest_blocked(
+    file a block at a time by tasks of ``task_rows`` rows: the same assignment, left in the
+    tasks' files. This process holds the centroids and the target set."""
+    assigned = nearest_parts(
         survivors,
         centroids,
         work,
@@ -97,10 +121,23 @@ def image_based_keep_blocked(
         desc="assign clusters",
     )
     target_ids, _ = assign(target_image_emb, centroids, gpu=gpu)
-    target_clusters = np.unique(target_ids)
+    return TargetClusters(assigned, np.unique(target_ids))
+
+
+def image_based_keep_blocked(
+    survivors: Survivors,
+    target_image_emb: np.ndarray,
+    centroids: np.ndarray,
+    work: Path,
+    **options: Any,
+) -> ImageBasedSelection:
+    """:func:`target_clusters_blocked`, its answers joined: the keep mask of
+    :func:`image_based_keep` (``13`` bytes a row in this process)."""
+    found = target_clusters_blocked(survivors, target_image_emb, centroids, work, **options)
+    cluster_ids = found.cluster_ids(0, len(survivors))
     return ImageBasedSelection(
-        keep=np.isin(pool.index, target_clusters),
-        cluster_ids=pool.index,
-        target_clusters=target_clusters,
+        keep=found.keep(cluster_ids),
+        cluster_ids=cluster_ids,
+        target_clusters=found.target_clusters,
         centroids=centroids,
     )

@@ -34,7 +34,44 @@ class NearestRows:
     distance: np.ndarray | None  # float32: 1 − cosine to that row normalised (with_distance)
 
 
-def nearest_blocked(
+@dataclass(frozen=True)
+class NearestParts:
+    """The answers of :func:`nearest_parts`' tasks, left in their files: rows
+    ``[bounds[i], bounds[i + 1])`` are in ``files[i]``. Picklable, so that a task can read the
+    answers for its own rows."""
+
+    bounds: tuple[int, ...]
+    files: tuple[Path, ...]
+    with_distance: bool
+
+    @property
+    def rows(self) -> int:
+        return self.bounds[-1]
+
+    def read(self, start: int, stop: int) -> NearestRows:
+        """The answers for rows ``[start, stop)``, reading only the files that hold them."""
+        pieces = []
+        for low, high, path in zip(self.bounds[:-1], self.bounds[1:], self.files, strict=True):
+            if high > start and low < stop:
+                arrays = load_arrays(path)
+                first, last = max(start, low) - low, min(stop, high) - low
+                pieces.append({name: array[first:last] for name, array in arrays.items()})
+
+        def joined(name: str, dtype: type) -> np.ndarray:
+            return np.concatenate([np.zeros(0, dtype), *(piece[name] for piece in pieces)])
+
+        return NearestRows(
+            similarity=joined("similarity", np.float32),
+            index=joined("index", np.int64),
+            distance=joined("distance", np.float32) if self.with_distance else None,
+        )
+
+    def windows(self) -> list[tuple[int, int]]:
+        """``[start, stop)`` of each file's rows: to go over the answers a file at a time."""
+        return list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
+
+
+def nearest_parts(
     survivors: Survivors,
     base: np.ndarray,
     work: Path,
@@ -45,9 +82,9 @@ def nearest_blocked(
     with_distance: bool = False,
     progress: bool = False,
     desc: str = "nearest",
-) -> NearestRows:
-    """The nearest row of ``base`` (inner product) for every row of ``survivors``; ``work``
-    keeps the base and each task's answers (a rerun resumes)."""
+) -> NearestParts:
+    """The nearest row of ``base`` (inner product) for every row of ``survivors``, left in
+    the tasks' files; ``work`` keeps the base and each task's answers (a rerun resumes)."""
     work.mkdir(parents=True, exist_ok=True)
     base_file = work / "base.npz"
     if not base_file.is_file():
@@ -59,16 +96,16 @@ def nearest_blocked(
         for i, (start, stop) in enumerate(task_bounds(len(survivors), task_rows))
     ]
     run_parts(executor, nearest_part, tasks, gpus=1 if gpu else 0, desc=desc, progress=progress)
-    answers = [load_arrays(task.out) for task in tasks]
+    bounds = (0, *(task.start + len(task.survivors) for task in tasks))
+    return NearestParts(bounds, tuple(task.out for task in tasks), with_distance)
 
-    def joined(name: str, dtype: type) -> np.ndarray:
-        return np.concatenate([np.zeros(0, dtype), *(a[name] for a in answers)])
 
-    return NearestRows(
-        similarity=joined("similarity", np.float32),
-        index=joined("index", np.int64),
-        distance=joined("distance", np.float32) if with_distance else None,
-    )
+def nearest_blocked(
+    survivors: Survivors, base: np.ndarray, work: Path, **options: Any
+) -> NearestRows:
+    """:func:`nearest_parts`, its answers joined (``12`` bytes a row, ``16`` with
+    ``with_distance``)."""
+    return nearest_parts(survivors, base, work, **options).read(0, len(survivors))
 
 
 @dataclass(frozen=True)
