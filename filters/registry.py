@@ -26,6 +26,7 @@ plan when ``context.plan`` is None (tests and scripts use it so).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,13 @@ class StageContext:
         if name in self.rows.columns or self.lookup is None or name not in self.looked_up:
             return self.rows[name].gather(positions)
         return self.lookup(name, positions)
+
+    def column_reader(self, name: str) -> Callable[[np.ndarray], pl.Series]:
+        """:meth:`column_at` for the stage's tasks: a picklable reader of column ``name`` at
+        given positions (build-pool's reads the shards that hold them)."""
+        if name in self.rows.columns or self.lookup is None or name not in self.looked_up:
+            return self.rows[name].gather
+        return functools.partial(self.lookup, name)
 
     def image_embeddings(self) -> np.ndarray:
         """Float32 image embeddings of ``rows`` (row-aligned with ``rows``)."""

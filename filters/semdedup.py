@@ -8,23 +8,28 @@ gives the kept fraction for several ε from the same scores (``kept_fraction_by_
 choose ε without rerunning.
 
 Out of core, on the build's executor: k-means on a seeded sample (``train_sample``), one task
-per block of ``task_rows`` rows assigning them to clusters, then one task per group of whole
-clusters (about ``task_rows`` rows) computing the rule cluster by cluster from the float16
-file. The scores are those of the in-memory computation (:func:`semdedup_scores`).
+per block of ``task_rows`` rows assigning them to clusters and sending them (with their uids)
+to their cluster's group, then one task per group of whole clusters (about ``task_rows``
+rows) computing the rule cluster by cluster from the float16 file
+(:func:`curate.dedup.semdedup.semdedup_parts`); in build-pool one task per shard reads its
+rows' answers back. The scores are those of the in-memory computation
+(:func:`semdedup_scores`); the driver holds the clusters' sizes, not a value per row.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
-from curate.dedup.nearest import nearest_blocked
-from curate.dedup.semdedup import RankOrder, semdedup_scores_blocked
+from curate.dedup.nearest import nearest_parts
+from curate.dedup.semdedup import RankOrder, SemDeDupParts, semdedup_parts
 from curate.filters.dedup_inputs import (
     array_digest,
     cached_kmeans,
-    reasons_naming,
     step_dir,
     survivors,
     task_rows_field,
@@ -63,7 +68,7 @@ class SemDedupParams(StageParams):
 @register_stage(
     "semdedup", SemDedupParams, needs_embeddings=True, columns=("uid",), columns_on_demand=True
 )
-def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
+def semdedup(ctx: StageContext, params: SemDedupParams) -> SemDeDupAnswer:
     vectors = survivors(ctx)
     gpu = use_gpu(ctx)
     task_rows = params.task_rows or TASK_ROWS
@@ -79,7 +84,7 @@ def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
         gpu=gpu,
     )
     digest = array_digest(centroids)
-    assigned = nearest_blocked(
+    assigned = nearest_parts(
         vectors,
         centroids,
         step_dir(ctx, "semdedup-assign", centroids=digest, gpu=gpu),
@@ -90,34 +95,59 @@ def semdedup(ctx: StageContext, params: SemDedupParams) -> StageResult:
         progress=True,
         desc="assign clusters",
     )
-    scores = semdedup_scores_blocked(
+    found = semdedup_parts(
         vectors,
-        assigned.index,
-        assigned.distance,
+        assigned,
+        ctx.column_reader("uid"),
+        n_clusters,
         params.order,
-        step_dir(ctx, "semdedup-clusters", centroids=digest, gpu=gpu, order=params.order),
+        step_dir(ctx, "semdedup-groups", centroids=digest, gpu=gpu, order=params.order),
         executor=ctx.executor,
         task_rows=task_rows,
         progress=True,
     )
-    keep = scores.keep(params.eps)
-    removed = np.flatnonzero(~keep)
-    return StageResult(
-        keep=keep,
-        reason=reasons_naming(
-            ctx,
-            removed,
-            scores.most_similar[removed],
-            f"semantic duplicate (cosine > {1 - params.eps:.4g}) of earlier-ranked uid",
-        ),
-        score=scores.max_similarity,
+    every_eps = sorted({params.eps, *params.report_eps})
+    kept = dict.fromkeys(every_eps, 0)
+    for start, stop in found.windows():  # a window's answers at a time
+        max_similarity, _ = found.read(start, stop)
+        for eps in every_eps:
+            kept[eps] += int(_keep(max_similarity, eps).sum())
+    rows = len(vectors)
+    return SemDeDupAnswer(
+        found,
+        params.eps,
+        rows,
         report={
             "n_clusters": n_clusters,
             "eps": params.eps,
             "order": params.order,
-            "kept_fraction": scores.kept_fraction(params.eps),
-            "kept_fraction_by_eps": {
-                str(eps): scores.kept_fraction(eps) for eps in params.report_eps
-            },
+            "kept_fraction": kept[params.eps] / rows,
+            "kept_fraction_by_eps": {str(eps): kept[eps] / rows for eps in params.report_eps},
         },
     )
+
+
+def _keep(max_similarity: np.ndarray, eps: float) -> np.ndarray:
+    return ~(max_similarity > 1.0 - eps)  # NaN (first of its cluster) compares False: kept
+
+
+@dataclass(frozen=True)
+class SemDeDupAnswer:
+    """semdedup's answer for rows ``[start, start + rows)`` of the stage's, read from the
+    cluster groups' files when asked (in build-pool, by one task per shard)."""
+
+    found: SemDeDupParts
+    eps: float
+    rows: int
+    start: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def piece(self, start: int, count: int) -> SemDeDupAnswer:
+        return replace(self, rows=count, start=self.start + start, report={})
+
+    def dense(self) -> StageResult:
+        max_similarity, most_similar = self.found.read(self.start, self.start + self.rows)
+        keep = _keep(max_similarity, self.eps)
+        text = f"semantic duplicate (cosine > {1 - self.eps:.4g}) of earlier-ranked uid "
+        reason = (text + most_similar).scatter(np.flatnonzero(keep), None).alias("reason")
+        return StageResult(keep=keep, reason=reason, score=max_similarity, report=self.report)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pytest
 
 from curate.build_pool.build import build_pool
@@ -30,8 +31,9 @@ from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs, list_groups
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
 from curate.dedup.nearest import nearest_blocked, nearest_parts
-from curate.dedup.semdedup import semdedup_scores, semdedup_scores_blocked
+from curate.dedup.semdedup import semdedup_parts, semdedup_scores
 from curate.dedup.sharded import sharded_pairs_on_executor, sharded_self_pairs
+from curate.dedup.shuffle import read_spills, write_spill
 from curate.dedup.synthetic import planted_near_duplicates
 from curate.filters.catalog import get_stage
 from curate.filters.registry import dense_result
@@ -280,21 +282,51 @@ def test_reported_cosines_do_not_depend_on_the_thread_count(in_memory, monkeypat
     assert len(flat1) > 100 and len(ivf1) > 500
 
 
+def test_spills_reach_their_destinations_in_order(tmp_path):
+    """Two senders, five destinations (one receiving nothing): each destination, and any run
+    of them, reads exactly its rows, sender after sender, in each sender's order."""
+    rng = np.random.default_rng(8)
+    tables, paths = [], []
+    for sender in range(2):
+        destination = rng.integers(0, 5, 40)
+        destination[destination == 3] = 4
+        table = pa.table({"value": np.arange(40) + 100 * sender, "text": [f"s{sender}"] * 40})
+        write_spill(tmp_path / f"{sender}.arrow", table, destination, 5)
+        tables.append((table, destination))
+        paths.append(tmp_path / f"{sender}.arrow")
+    for first, last in [(0, 0), (1, 1), (3, 3), (4, 4), (1, 3), (0, 4)]:
+        got = read_spills(paths, first, last)
+        expected = [
+            value
+            for table, destination in tables
+            for d in range(first, last + 1)
+            for value in table["value"].to_numpy()[destination == d]
+        ]
+        assert got["value"].to_pylist() == expected
+        assert got.schema.metadata is None
+
+
 @pytest.mark.parametrize("order", ["hard", "easy"])
-def test_semdedup_blocked_is_semdedup_scores(survivors, in_memory, tmp_path, order):
+def test_semdedup_parts_are_semdedup_scores(survivors, in_memory, tmp_path, order):
+    """Sent by cluster group and back by window, every row's M and the uid of the member
+    reaching it equal the in-memory ranking's, read in any window."""
     centroids = kmeans(in_memory, 60, seed=0, spherical=True)
-    assigned = nearest_blocked(
+    assigned = nearest_parts(
         survivors, centroids, tmp_path / "a", task_rows=TASK, with_distance=True
     )
-    found = semdedup_scores_blocked(
-        survivors, assigned.index, assigned.distance, order, tmp_path / "c", task_rows=TASK
+    uids = pl.Series("uid", [f"uid-{i}" for i in range(len(survivors))])
+    found = semdedup_parts(
+        survivors, assigned, uids.gather, 60, order, tmp_path / "c", task_rows=TASK
     )
-    assert len(list((tmp_path / "c").glob("clusters-*.npz"))) >= 2
+    assert len(list((tmp_path / "c").glob("clusters-*.arrow"))) >= 2
     reference = semdedup_scores(in_memory, assign(in_memory, centroids)[0], centroids, order)
-    np.testing.assert_array_equal(found.max_similarity, reference.max_similarity)
-    np.testing.assert_array_equal(found.most_similar, reference.most_similar)
-    np.testing.assert_array_equal(found.rank, reference.rank)
-    assert 0.5 < found.kept_fraction(0.05) < 1
+    named = reference.most_similar >= 0
+    expected_uids = np.where(named, np.array(uids.to_list())[reference.most_similar], None)
+    for start, stop in [(0, len(survivors)), (0, 1), (TASK - 5, TASK + 7), (3000, 3000)]:
+        max_similarity, most_similar = found.read(start, stop)
+        np.testing.assert_array_equal(max_similarity, reference.max_similarity[start:stop])
+        assert most_similar.to_list() == expected_uids[start:stop].tolist()
+    assert 0.5 < np.mean(~(reference.max_similarity > 0.95)) < 1
 
 
 def test_image_based_blocked_is_image_based_keep(survivors, in_memory, tmp_path):
@@ -509,7 +541,13 @@ def test_build_pool_writes_the_same_bytes_on_every_executor(embedding_pool, tmp_
             build_pool(recipe, pool, tmp_path / run / "candidate", executor=recording)
         assert _contents(tmp_path / run / "candidate") == expected, run
         tasks = {name for name, parts in recording.calls if parts > 1}  # they ran there
-        assert {"nearest_part", "assign_lists", "list_angles", "semdedup_part"} <= tasks, run
+        assert {
+            "nearest_part",
+            "assign_lists",
+            "list_angles",
+            "semdedup_spill",
+            "semdedup_part",
+        } <= tasks, run
     cuda = build_pool(
         recipe, pool, tmp_path / "cuda" / "candidate", device="cuda"
     )  # no GPU here: the CPU

@@ -12,21 +12,19 @@ member of each cluster has no earlier member: ``M = NaN``, always kept.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import polars as pl
+import pyarrow as pa
 
-from curate.dedup.blocks import (
-    TASK_ROWS,
-    NpyFile,
-    Survivors,
-    load_arrays,
-    run_parts,
-    save_arrays,
-)
+from curate.dedup.blocks import TASK_ROWS, NpyFile, Survivors, run_parts
 from curate.dedup.knn import QUERY_BATCH, RECHECK_MARGIN, dot_pairs, float32_batches, transposed
+from curate.dedup.nearest import NearestParts
+from curate.dedup.shuffle import read_spills, write_spill
 
 RankOrder = Literal["hard", "easy"]
 BLOCK_CELLS = 1 << 24  # similarity entries per block (64 MB of float32)
@@ -129,84 +127,177 @@ def _ranking(
     return ranked, starts, ends, rank
 
 
-# -- out of core: one task per group of whole clusters ---------------------------------------
+# -- out of core: a shuffle by cluster group, one task per group of whole clusters ---------
 
 
-def semdedup_scores_blocked(
+def semdedup_parts(
     survivors: Survivors,
-    cluster_ids: np.ndarray,
-    distance: np.ndarray,
+    assigned: NearestParts,
+    uids: Callable[[np.ndarray], pl.Series],
+    n_clusters: int,
     order: RankOrder,
     work: Path,
     *,
     executor: Any = None,
     task_rows: int = TASK_ROWS,
     progress: bool = False,
-) -> SemDeDupScores:
+) -> SemDeDupParts:
     """:func:`semdedup_scores` with the vectors read from the file, cluster by cluster, by
-    tasks of whole clusters of about ``task_rows`` rows in all (``cluster_ids`` and
-    ``distance``, the distance to the normalised centroid, come from
-    :func:`curate.dedup.nearest.nearest_blocked`). A task holds one cluster's vectors and its
-    similarity blocks; this process holds ``~40`` bytes a row."""
-    n = len(cluster_ids)
-    ranked, starts, ends, rank = _ranking(cluster_ids, distance, order)
+    tasks of whole clusters of about ``task_rows`` rows in all, and no array of every row in
+    this process. ``assigned`` (from :func:`curate.dedup.nearest.nearest_parts` with
+    ``with_distance``) gives each row's cluster and distance to the normalised centroid;
+    ``uids(positions)`` (picklable) reads the rows' uids, which the answers carry so that a
+    removal names the member it resembles. This process holds ``O(k)``: the clusters' sizes.
+
+    One task per assignment file sends its rows (position, pool row, cluster, distance, uid)
+    to their cluster group (:mod:`curate.dedup.shuffle`); one task per group ranks each of its
+    clusters, as the whole ranking would (cluster, rank order, position), computes ``M`` and
+    sends each member's answer back to the assignment file's window its position is in, where
+    :meth:`SemDeDupParts.read` finds it."""
+    sizes = np.zeros(n_clusters, dtype=np.int64)
+    for start, stop in assigned.windows():
+        sizes += np.bincount(assigned.read(start, stop).index, minlength=n_clusters)
+    group_of_cluster = _cluster_groups(sizes, task_rows)
+    groups = int(group_of_cluster.max()) + 1 if len(group_of_cluster) else 0
     work.mkdir(parents=True, exist_ok=True)
-    tasks = []
-    for number, (first, last) in enumerate(_cluster_groups(starts, ends, task_rows)):
-        members = ranked[first:last]
-        tasks.append(
-            ClusterGroupTask(
-                image=survivors.image,
-                positions=members,
-                pool_rows=survivors.rows[members],
-                cluster_starts=starts[(starts >= first) & (starts < last)] - first,
-                out=work / f"clusters-{number:05d}.npz",
-            )
-        )
-    run_parts(executor, semdedup_part, tasks, desc="semdedup clusters", progress=progress)
-    max_similarity = np.full(n, np.nan, dtype=np.float32)
-    most_similar = np.full(n, -1, dtype=np.int64)
-    for task in tasks:
-        found = load_arrays(task.out)
-        max_similarity[task.positions] = found["max_similarity"]
-        most_similar[task.positions] = found["most_similar"]
-    return SemDeDupScores(max_similarity, most_similar, rank, distance)
+    senders = [
+        SpillTask(
+            survivors.part(start, stop),
+            start,
+            assigned,
+            uids,
+            group_of_cluster,
+            groups,
+            work / f"spill-{number:05d}.arrow",
+        )  # fmt: skip
+        for number, (start, stop) in enumerate(assigned.windows())
+    ]
+    run_parts(executor, semdedup_spill, senders, desc="semdedup shuffle", progress=progress)
+    receivers = [
+        ClusterGroupTask(
+            survivors.image,
+            tuple(task.out for task in senders),
+            group,
+            order,
+            assigned.bounds,
+            work / f"clusters-{group:05d}.arrow",
+        )  # fmt: skip
+        for group in range(groups)
+    ]
+    run_parts(executor, semdedup_part, receivers, desc="semdedup clusters", progress=progress)
+    return SemDeDupParts(assigned.bounds, tuple(task.out for task in receivers))
 
 
-def _cluster_groups(starts: np.ndarray, ends: np.ndarray, task_rows: int) -> list[tuple[int, int]]:
-    """[first, last) ranges of the ranking holding whole clusters, a new range whenever the
-    next cluster would pass ``task_rows`` rows (a larger cluster is a range of its own)."""
-    groups: list[tuple[int, int]] = []
-    first = 0
-    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-        if end - first > task_rows and start > first:
-            groups.append((first, start))
-            first = start
-    if len(starts):
-        groups.append((first, int(ends[-1])))
-    return groups
+def _cluster_groups(sizes: np.ndarray, task_rows: int) -> np.ndarray:
+    """Each cluster's group: consecutive clusters, a new group whenever the next non-empty
+    cluster would take the group past ``task_rows`` rows (a larger cluster is a group of its
+    own)."""
+    group_of_cluster = np.zeros(len(sizes), dtype=np.int64)
+    group, rows = 0, 0
+    for cluster, size in enumerate(sizes.tolist()):
+        if size and rows and rows + size > task_rows:
+            group, rows = group + 1, 0
+        group_of_cluster[cluster] = group
+        rows += size
+    return group_of_cluster
+
+
+@dataclass(frozen=True)
+class SpillTask:
+    survivors: Survivors  # this window's rows (positions start at 0)
+    start: int  # position of its first row
+    assigned: NearestParts
+    uids: Callable[[np.ndarray], pl.Series]
+    group_of_cluster: np.ndarray
+    groups: int
+    out: Path
+
+
+def semdedup_spill(task: SpillTask) -> None:
+    """Map: a window's rows, sent to their clusters' groups."""
+    stop = task.start + len(task.survivors)
+    found = task.assigned.read(task.start, stop)
+    positions = np.arange(task.start, stop, dtype=np.int64)
+    rows = pa.table(
+        {
+            "position": positions,
+            "pool_row": task.survivors.rows.astype(np.int64, copy=False),
+            "cluster": found.index,
+            "distance": found.distance,
+            "uid": task.uids(positions).cast(pl.String).to_arrow(),
+        }
+    )
+    write_spill(task.out, rows, task.group_of_cluster[found.index], task.groups)
 
 
 @dataclass(frozen=True)
 class ClusterGroupTask:
     image: NpyFile
-    positions: np.ndarray  # ranked positions of this task's clusters
-    pool_rows: np.ndarray  # their rows in the embeddings file
-    cluster_starts: np.ndarray  # where each cluster starts in ``positions``
+    spills: tuple[Path, ...]
+    group: int
+    order: RankOrder
+    windows: tuple[int, ...]  # the assignment files' bounds: where the answers go back
     out: Path
 
 
 def semdedup_part(task: ClusterGroupTask) -> None:
-    """M and the earlier member reaching it, for every position of the task (see module doc)."""
-    n = len(task.positions)
+    """Reduce: M, and the uid of the earlier member reaching it, for every member of the
+    group's clusters (see module doc), sent back by window."""
+    members = read_spills(task.spills, task.group).sort_by("position")
+    positions = members["position"].to_numpy()
+    cluster = members["cluster"].to_numpy()
+    ranked, starts, ends, _ = _ranking(cluster, members["distance"].to_numpy(), task.order)
+    pool_rows = members["pool_row"].to_numpy()[ranked]
+    n = len(ranked)
     max_similarity = np.full(n, np.nan, dtype=np.float32)
-    most_similar = np.full(n, -1, dtype=np.int64)
-    ends = np.r_[task.cluster_starts[1:], n].astype(np.int64)
-    for start, end in zip(task.cluster_starts.tolist(), ends.tolist(), strict=True):
+    earlier_member = np.full(n, -1, dtype=np.int64)  # in ranked order
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
         if end - start < 2:
             continue
-        vectors = np.asarray(task.image.take(task.pool_rows[start:end]), dtype=np.float32)
+        vectors = np.asarray(task.image.take(pool_rows[start:end]), dtype=np.float32)
         similarity, earlier = _max_to_earlier(vectors)
         max_similarity[start + 1 : end] = similarity[1:]
-        most_similar[start + 1 : end] = task.positions[start + earlier[1:]]
-    save_arrays(task.out, max_similarity=max_similarity, most_similar=most_similar)
+        earlier_member[start + 1 : end] = start + earlier[1:]
+    named = np.flatnonzero(earlier_member >= 0)
+    uid = members["uid"].take(pa.array(ranked))
+    answers = pa.table(
+        {
+            "position": positions[ranked],
+            "max_similarity": max_similarity,
+            "most_similar_uid": pl.Series(dtype=pl.String)
+            .extend_constant(None, n)
+            .scatter(named, pl.from_arrow(uid.take(pa.array(earlier_member[named]))))
+            .to_arrow(),
+        }
+    )
+    window = np.searchsorted(task.windows, positions[ranked], side="right") - 1
+    write_spill(task.out, answers, window, len(task.windows) - 1)
+
+
+@dataclass(frozen=True)
+class SemDeDupParts:
+    """:func:`semdedup_parts`' answers, left in the cluster groups' files, each sorted by the
+    window (``bounds``) its positions are in. Picklable: a task reads its own rows."""
+
+    bounds: tuple[int, ...]
+    files: tuple[Path, ...]
+
+    def read(self, start: int, stop: int) -> tuple[np.ndarray, pl.Series]:
+        """``M`` of rows ``[start, stop)`` (NaN: first of its cluster) and the uid of the
+        earlier member reaching it (null: none), reading only those windows' slices."""
+        rows = stop - start
+        max_similarity = np.full(rows, np.nan, dtype=np.float32)
+        most_similar = pl.Series("uid", dtype=pl.String).extend_constant(None, rows)
+        if rows <= 0 or not self.files:
+            return max_similarity, most_similar
+        first = int(np.searchsorted(self.bounds, start, side="right")) - 1
+        last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
+        found = pl.from_arrow(read_spills(self.files, first, last))
+        assert isinstance(found, pl.DataFrame)
+        found = found.filter(pl.col("position").is_between(start, stop - 1))
+        at = found["position"].to_numpy() - start
+        max_similarity[at] = found["max_similarity"].to_numpy()
+        return max_similarity, most_similar.scatter(at, found["most_similar_uid"])
+
+    def windows(self) -> list[tuple[int, int]]:
+        return list(zip(self.bounds[:-1], self.bounds[1:], strict=True))
