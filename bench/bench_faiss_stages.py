@@ -1,5 +1,5 @@
-"""Benchmark: the user's `curate build-pool` with `near_dedup` and with `image_based` over a
-pool of N × d float16 image embeddings (default 1M × 768, DataComp small's L/14 width).
+"""Benchmark: the user's `curate build-pool` with `near_dedup`, `image_based` and `semdedup`
+over a pool of N × d float16 image embeddings (default 1M × 768, DataComp small's L/14 width).
 
 Data (generated once, vectorised, a block at a time: curate.dedup.synthetic): unit vectors
 around 10,000 cluster centers, 10% of rows replaced by near-duplicates of another row of the
@@ -28,6 +28,11 @@ and its CPU seconds (it and its reaped workers, from os.wait4):
   in_memory    (``--check-in-memory``, default up to 2M rows) the in-memory path: the whole
                pool as one float32 matrix, the same k-means, image_based_keep; its kept uids
                must equal build-pool's (asserted).
+  semdedup     `curate build-pool` of a one-stage recipe (spherical k-means with
+               --semdedup-clusters, default rows / 1000, on a --train-sample seeded sample;
+               the assignment, the shuffle by cluster group and the rule as tasks), and with
+               ``--check-in-memory`` its in-memory path (the float32 matrix, semdedup_scores
+               over the whole ranking): the kept uids must be equal (asserted).
 
 Prints wall and CPU seconds (the machine may be shared: CPU seconds are the fairer figure),
 peak RSS per step, recall, the speed ratio exact-all-pairs / near_dedup, and writes every
@@ -231,6 +236,18 @@ def image_based_run(args: argparse.Namespace, work: Path) -> dict:
     return build_pool_command(args, work, "bench_image_based", stage)
 
 
+def semdedup_run(args: argparse.Namespace, work: Path) -> dict:
+    stage = (
+        f"  - stage: semdedup\n    params: {{eps: {args.eps}, "
+        f"n_clusters: {semdedup_clusters(args)}, train_sample: {args.train_sample}}}\n"
+    )
+    return build_pool_command(args, work, "bench_semdedup", stage)
+
+
+def semdedup_clusters(args: argparse.Namespace) -> int:
+    return args.semdedup_clusters or max(1, round(args.rows / 1000))  # the stage's default
+
+
 # -- the baselines, in the same run ----------------------------------------------------------
 
 
@@ -296,6 +313,36 @@ def step_in_memory(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def step_semdedup_in_memory(args: argparse.Namespace, work: Path) -> dict:
+    """semdedup's in-memory path: the whole pool as one float32 matrix, the same seeded
+    spherical k-means, the rule over the whole ranking (curate.dedup.semdedup.semdedup_scores);
+    its kept uids, to compare with build-pool's."""
+    import polars as pl
+
+    from curate.core.kept_uids import kept_uids
+    from curate.core.layout import SubsetLayout
+    from curate.dedup.clustering import assign, kmeans
+    from curate.dedup.semdedup import semdedup_scores
+
+    started = _usage()
+    vectors = np.load(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy").astype(np.float32)
+    centroids = kmeans(
+        vectors, semdedup_clusters(args), seed=0, train_sample=args.train_sample, spherical=True
+    )
+    scores = semdedup_scores(vectors, assign(vectors, centroids)[0], centroids)
+    keep = scores.keep(args.eps)
+    ended = _usage()
+    uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy()
+    kept = kept_uids(SubsetLayout(work / "out" / "bench_semdedup"))
+    return {
+        "wall_s": ended[0] - started[0],
+        "cpu_s": ended[1] - started[1],
+        "peak_rss_mib": ended[2],
+        "kept": int(keep.sum()),
+        "same_kept_uids_as_build_pool": bool(np.array_equal(np.sort(uids[keep]), kept.to_numpy())),
+    }
+
+
 def _context(work: Path, step: str, seed: int = 0):
     import polars as pl
 
@@ -356,6 +403,7 @@ STEPS = {
     "generate": step_generate,
     "exact": step_exact,
     "in_memory": step_in_memory,
+    "semdedup_in_memory": step_semdedup_in_memory,
     "near_dedup_flat": step_near_dedup_flat,
     "near_dedup_sharded": step_near_dedup_sharded,
 }
@@ -377,6 +425,10 @@ def main() -> None:
     parser.add_argument("--nprobe", type=int, help="near_dedup's IVF nprobe (default: the stage's)")
     parser.add_argument("--n-clusters", type=int, default=2048, help="image_based k-means")
     parser.add_argument("--train-sample", type=int, default=131_072, help="k-means rows")
+    parser.add_argument(
+        "--semdedup-clusters", type=int, help="semdedup k-means (default: the stage's, rows/1000)"
+    )
+    parser.add_argument("--eps", type=float, default=0.05, help="semdedup's eps")
     parser.add_argument("--executor", default="local")
     parser.add_argument("--workers", type=int, help="--workers of build-pool")
     parser.add_argument("--device", default="cpu")
@@ -385,7 +437,8 @@ def main() -> None:
     parser.add_argument(
         "--check-in-memory",
         action=argparse.BooleanOptionalAction,
-        help="run image_based's in-memory path and compare (default: up to 2M rows)",
+        help="run image_based's and semdedup's in-memory paths and compare (default: up to "
+        "2M rows)",
     )
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
@@ -432,11 +485,15 @@ def main() -> None:
         results["near_dedup"] = near_dedup_run(args, work)
     if "exact" not in skip and args.recall_sample:
         results["exact"] = run_step("exact", argv)
+    check = args.check_in_memory or (args.check_in_memory is None and args.rows <= 2_000_000)
     if "image_based" not in skip:
         results["image_based"] = image_based_run(args, work)
-        check = args.check_in_memory
-        if check or (check is None and args.rows <= 2_000_000):
+        if check:
             results["in_memory"] = run_step("in_memory", argv)
+    if "semdedup" not in skip:
+        results["semdedup"] = semdedup_run(args, work)
+        if check:
+            results["semdedup_in_memory"] = run_step("semdedup_in_memory", argv)
     results["load_average"] = os.getloadavg()[0]
     report(results)
     if args.json:
@@ -455,6 +512,8 @@ def report(results: dict[str, Any]) -> None:
         ("exact search, sample of query rows", results.get("exact")),
         ("curate build-pool, image_based", results.get("image_based")),
         ("image_based in memory (float32 matrix)", results.get("in_memory")),
+        ("curate build-pool, semdedup", results.get("semdedup")),
+        ("semdedup in memory (float32 matrix)", results.get("semdedup_in_memory")),
     ]
     for name, step in rows:
         if step is None:
@@ -499,6 +558,16 @@ def report(results: dict[str, Any]) -> None:
             f"{in_memory['same_kept_uids_as_build_pool']} ({in_memory['kept']:,} kept)"
         )
         assert in_memory["same_kept_uids_as_build_pool"], "build-pool keeps other rows"
+    semdedup, semdedup_in_memory = results.get("semdedup"), results.get("semdedup_in_memory")
+    if semdedup:
+        print(f"semdedup report: {json.dumps(semdedup['report'])}")
+    if semdedup_in_memory:
+        print(
+            f"semdedup kept set equal to the in-memory path's: "
+            f"{semdedup_in_memory['same_kept_uids_as_build_pool']} "
+            f"({semdedup_in_memory['kept']:,} kept)"
+        )
+        assert semdedup_in_memory["same_kept_uids_as_build_pool"], "build-pool keeps other rows"
 
 
 def report_sharded(args: argparse.Namespace, work: Path, flat: dict, sharded: dict) -> None:
