@@ -36,26 +36,32 @@ class NearestRows:
 
 @dataclass(frozen=True)
 class NearestParts:
-    """The answers of :func:`nearest_parts`' tasks, left in their files: rows
-    ``[bounds[i], bounds[i + 1])`` are in ``files[i]``. Picklable, so that a task can read the
-    answers for its own rows."""
+    """The answers of :func:`nearest_parts`' tasks, left in their files in ``work``: rows
+    ``[bounds[i], bounds[i + 1])`` are in :meth:`file` ``(i)``. Small and picklable (no list
+    of files), so that a task can read the answers for its own rows."""
 
     bounds: tuple[int, ...]
-    files: tuple[Path, ...]
+    work: Path
     with_distance: bool
 
     @property
     def rows(self) -> int:
         return self.bounds[-1]
 
+    def file(self, task: int) -> Path:
+        return self.work / f"{task:05d}.npz"
+
     def read(self, start: int, stop: int) -> NearestRows:
         """The answers for rows ``[start, stop)``, reading only the files that hold them."""
         pieces = []
-        for low, high, path in zip(self.bounds[:-1], self.bounds[1:], self.files, strict=True):
-            if high > start and low < stop:
-                arrays = load_arrays(path)
-                first, last = max(start, low) - low, min(stop, high) - low
-                pieces.append({name: array[first:last] for name, array in arrays.items()})
+        if stop > start:
+            first = int(np.searchsorted(self.bounds, start, side="right")) - 1
+            last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
+            for task in range(max(first, 0), min(last, len(self.bounds) - 2) + 1):
+                low, high = self.bounds[task], self.bounds[task + 1]
+                arrays = load_arrays(self.file(task))
+                begin, end = max(start, low) - low, min(stop, high) - low
+                pieces.append({name: array[begin:end] for name, array in arrays.items()})
 
         def joined(name: str, dtype: type) -> np.ndarray:
             return np.concatenate([np.zeros(0, dtype), *(piece[name] for piece in pieces)])
@@ -89,15 +95,16 @@ def nearest_parts(
     base_file = work / "base.npz"
     if not base_file.is_file():
         save_arrays(base_file, base=np.ascontiguousarray(base, dtype=np.float32))
+    bounds = task_bounds(len(survivors), task_rows)
+    parts = NearestParts((0, *(stop for _, stop in bounds)), work, with_distance)
     tasks = [
         NearestTask(
-            survivors.part(start, stop), start, base_file, gpu, with_distance, work / f"{i:05d}.npz"
+            survivors.part(start, stop), start, base_file, gpu, with_distance, parts.file(i)
         )
-        for i, (start, stop) in enumerate(task_bounds(len(survivors), task_rows))
+        for i, (start, stop) in enumerate(bounds)
     ]
     run_parts(executor, nearest_part, tasks, gpus=1 if gpu else 0, desc=desc, progress=progress)
-    bounds = (0, *(task.start + len(task.survivors) for task in tasks))
-    return NearestParts(bounds, tuple(task.out for task in tasks), with_distance)
+    return parts
 
 
 def nearest_blocked(

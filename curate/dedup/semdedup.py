@@ -21,6 +21,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from curate.core.atomic import atomic_path
 from curate.dedup.blocks import TASK_ROWS, NpyFile, Survivors, run_parts
 from curate.dedup.knn import QUERY_BATCH, RECHECK_MARGIN, dot_pairs, float32_batches, transposed
 from curate.dedup.nearest import NearestParts
@@ -159,33 +160,30 @@ def semdedup_parts(
         sizes += np.bincount(assigned.read(start, stop).index, minlength=n_clusters)
     group_of_cluster = _cluster_groups(sizes, task_rows)
     groups = int(group_of_cluster.max()) + 1 if len(group_of_cluster) else 0
-    work.mkdir(parents=True, exist_ok=True)
+    found = SemDeDupParts(assigned.bounds, work, groups)
+    groups_file = work / "group_of_cluster.npy"
+    if not groups_file.is_file():
+        with atomic_path(groups_file) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, group_of_cluster)
     senders = [
         SpillTask(
             survivors.part(start, stop),
             start,
             assigned,
             uids,
-            group_of_cluster,
+            groups_file,
             groups,
-            work / f"spill-{number:05d}.arrow",
-        )  # fmt: skip
+            found.spill(number),
+        )
         for number, (start, stop) in enumerate(assigned.windows())
     ]
     run_parts(executor, semdedup_spill, senders, desc="semdedup shuffle", progress=progress)
     receivers = [
-        ClusterGroupTask(
-            survivors.image,
-            tuple(task.out for task in senders),
-            group,
-            order,
-            assigned.bounds,
-            work / f"clusters-{group:05d}.arrow",
-        )  # fmt: skip
+        ClusterGroupTask(survivors.image, found, group, order, found.file(group))
         for group in range(groups)
     ]
     run_parts(executor, semdedup_part, receivers, desc="semdedup clusters", progress=progress)
-    return SemDeDupParts(assigned.bounds, tuple(task.out for task in receivers))
+    return found
 
 
 def _cluster_groups(sizes: np.ndarray, task_rows: int) -> np.ndarray:
@@ -208,7 +206,7 @@ class SpillTask:
     start: int  # position of its first row
     assigned: NearestParts
     uids: Callable[[np.ndarray], pl.Series]
-    group_of_cluster: np.ndarray
+    group_of_cluster: Path  # .npy: each cluster's group
     groups: int
     out: Path
 
@@ -227,23 +225,24 @@ def semdedup_spill(task: SpillTask) -> None:
             "uid": task.uids(positions).cast(pl.String).to_arrow(),
         }
     )
-    write_spill(task.out, rows, task.group_of_cluster[found.index], task.groups)
+    group = np.load(task.group_of_cluster, mmap_mode="r")[found.index]
+    write_spill(task.out, rows, group, task.groups)
 
 
 @dataclass(frozen=True)
 class ClusterGroupTask:
     image: NpyFile
-    spills: tuple[Path, ...]
+    parts: SemDeDupParts  # where the spills are, and where the answers go back
     group: int
     order: RankOrder
-    windows: tuple[int, ...]  # the assignment files' bounds: where the answers go back
     out: Path
 
 
 def semdedup_part(task: ClusterGroupTask) -> None:
     """Reduce: M, and the uid of the earlier member reaching it, for every member of the
     group's clusters (see module doc), sent back by window."""
-    members = read_spills(task.spills, task.group).sort_by("position")
+    spills = [task.parts.spill(sender) for sender in range(len(task.parts.bounds) - 1)]
+    members = read_spills(spills, task.group).sort_by("position")
     positions = members["position"].to_numpy()
     cluster = members["cluster"].to_numpy()
     ranked, starts, ends, _ = _ranking(cluster, members["distance"].to_numpy(), task.order)
@@ -270,17 +269,26 @@ def semdedup_part(task: ClusterGroupTask) -> None:
             .to_arrow(),
         }
     )
-    window = np.searchsorted(task.windows, positions[ranked], side="right") - 1
-    write_spill(task.out, answers, window, len(task.windows) - 1)
+    windows = task.parts.bounds
+    window = np.searchsorted(windows, positions[ranked], side="right") - 1
+    write_spill(task.out, answers, window, len(windows) - 1)
 
 
 @dataclass(frozen=True)
 class SemDeDupParts:
-    """:func:`semdedup_parts`' answers, left in the cluster groups' files, each sorted by the
-    window (``bounds``) its positions are in. Picklable: a task reads its own rows."""
+    """:func:`semdedup_parts`' files in ``work``: the senders' spills (one per assignment
+    window, ``bounds``) and the answers of each of the ``groups``, sorted by the window their
+    positions are in. Small and picklable: a task reads its own rows."""
 
     bounds: tuple[int, ...]
-    files: tuple[Path, ...]
+    work: Path
+    groups: int
+
+    def spill(self, sender: int) -> Path:
+        return self.work / f"spill-{sender:05d}.arrow"
+
+    def file(self, group: int) -> Path:
+        return self.work / f"clusters-{group:05d}.arrow"
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, pl.Series]:
         """``M`` of rows ``[start, stop)`` (NaN: first of its cluster) and the uid of the
@@ -288,11 +296,12 @@ class SemDeDupParts:
         rows = stop - start
         max_similarity = np.full(rows, np.nan, dtype=np.float32)
         most_similar = pl.Series("uid", dtype=pl.String).extend_constant(None, rows)
-        if rows <= 0 or not self.files:
+        if rows <= 0 or not self.groups:
             return max_similarity, most_similar
         first = int(np.searchsorted(self.bounds, start, side="right")) - 1
         last = int(np.searchsorted(self.bounds, stop - 1, side="right")) - 1
-        found = pl.from_arrow(read_spills(self.files, first, last))
+        files = [self.file(group) for group in range(self.groups)]
+        found = pl.from_arrow(read_spills(files, first, last))
         assert isinstance(found, pl.DataFrame)
         found = found.filter(pl.col("position").is_between(start, stop - 1))
         at = found["position"].to_numpy() - start
