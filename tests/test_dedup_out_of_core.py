@@ -26,11 +26,11 @@ from curate.dedup import ivf_exact
 from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_bounds
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
-from curate.dedup.image_based import image_based_keep, image_based_keep_blocked
+from curate.dedup.image_based import image_based_keep, target_clusters_blocked
 from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs, list_groups
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
-from curate.dedup.nearest import nearest_blocked, nearest_parts
+from curate.dedup.nearest import nearest_parts
 from curate.dedup.semdedup import semdedup_parts, semdedup_scores
 from curate.dedup.sharded import sharded_pairs_on_executor, sharded_self_pairs
 from curate.dedup.shuffle import read_spills, write_spill
@@ -108,24 +108,20 @@ def test_task_bounds_and_blocks_are_aligned():
 # -- each out-of-core computation against its in-memory reference --------------------------
 
 
-def test_nearest_blocked_is_nearest_over_the_whole_matrix(survivors, in_memory, tmp_path):
+def test_nearest_parts_are_nearest_over_the_whole_matrix(survivors, in_memory, tmp_path):
+    """Left in the tasks' files (as the stages' answers are), any window reads the rows of
+    the search over the whole float32 matrix."""
     centroids = kmeans(in_memory, 50, seed=0, spherical=True)
-    found = nearest_blocked(survivors, centroids, tmp_path, task_rows=TASK, with_distance=True)
-    assert len(list(tmp_path.glob("0*.npz"))) == 2  # 16,000 survivors: two tasks
-    cluster_ids, similarity = assign(in_memory, centroids)
-    np.testing.assert_array_equal(found.index, cluster_ids)
-    np.testing.assert_array_equal(found.similarity, similarity)
-    reference = semdedup_scores(in_memory, cluster_ids, centroids)
-    np.testing.assert_array_equal(found.distance, reference.distance_to_centroid)
-
-    # left in the tasks' files (as the stages' answers are), any window reads the same rows
     parts = nearest_parts(survivors, centroids, tmp_path, task_rows=TASK, with_distance=True)
+    assert len(list(tmp_path.glob("0*.npz"))) == 2  # 16,000 survivors: two tasks
     assert parts.windows() == [(0, TASK), (TASK, len(survivors))]
-    for start, stop in [(0, 0), (5, 6), (100, TASK), (TASK - 3, TASK + 4), (0, len(survivors))]:
+    cluster_ids, similarity = assign(in_memory, centroids)
+    distance = semdedup_scores(in_memory, cluster_ids, centroids).distance_to_centroid
+    for start, stop in [(0, len(survivors)), (0, 0), (5, 6), (100, TASK), (TASK - 3, TASK + 4)]:
         window = parts.read(start, stop)
         np.testing.assert_array_equal(window.index, cluster_ids[start:stop])
         np.testing.assert_array_equal(window.similarity, similarity[start:stop])
-        np.testing.assert_array_equal(window.distance, found.distance[start:stop])
+        np.testing.assert_array_equal(window.distance, distance[start:stop])
 
 
 def test_ivf_pairs_are_the_one_index_search(survivors, in_memory, rows_file, tmp_path):
@@ -334,11 +330,12 @@ def test_image_based_blocked_is_image_based_keep(survivors, in_memory, tmp_path)
     target = in_memory[rng.choice(len(in_memory), 40, replace=False)]
     centroids = kmeans(in_memory, 100, seed=0)
     reference = image_based_keep(in_memory, target, centroids=centroids)
-    found = image_based_keep_blocked(survivors, target, centroids, tmp_path, task_rows=TASK)
-    np.testing.assert_array_equal(found.keep, reference.keep)
-    np.testing.assert_array_equal(found.cluster_ids, reference.cluster_ids)
+    found = target_clusters_blocked(survivors, target, centroids, tmp_path, task_rows=TASK)
+    cluster_ids = found.cluster_ids(0, len(survivors))
+    np.testing.assert_array_equal(found.keep(cluster_ids), reference.keep)
+    np.testing.assert_array_equal(cluster_ids, reference.cluster_ids)
     np.testing.assert_array_equal(found.target_clusters, reference.target_clusters)
-    assert 0 < found.keep.mean() < 1
+    assert found.kept_rows() == reference.keep.sum() and 0 < reference.keep.mean() < 1
 
 
 def test_sharded_tasks_are_the_sharded_search(survivors, pool_file, rows_file, tmp_path):
@@ -418,13 +415,11 @@ class CrashingExecutor(Executor):
 def test_a_killed_step_resumes_from_its_finished_tasks(survivors, in_memory, tmp_path):
     centroids = kmeans(in_memory, 20, seed=0)
     with pytest.raises(Crash):
-        nearest_blocked(
-            survivors, centroids, tmp_path, executor=CrashingExecutor(1), task_rows=TASK
-        )
+        nearest_parts(survivors, centroids, tmp_path, executor=CrashingExecutor(1), task_rows=TASK)
     resumed = CrashingExecutor()
-    found = nearest_blocked(survivors, centroids, tmp_path, executor=resumed, task_rows=TASK)
+    found = nearest_parts(survivors, centroids, tmp_path, executor=resumed, task_rows=TASK)
     assert resumed.ran == 1  # of two tasks: the other finished before the crash
-    np.testing.assert_array_equal(found.index, assign(in_memory, centroids)[0])
+    np.testing.assert_array_equal(found.read(0, found.rows).index, assign(in_memory, centroids)[0])
     run_parts(resumed, lambda part: None, [SimpleNamespace(out=tmp_path / "00000.npz")])
     assert resumed.ran == 1  # nothing left to run
 

@@ -122,22 +122,3 @@ def target_clusters_blocked(
     )
     target_ids, _ = assign(target_image_emb, centroids, gpu=gpu)
     return TargetClusters(assigned, np.unique(target_ids))
-
-
-def image_based_keep_blocked(
-    survivors: Survivors,
-    target_image_emb: np.ndarray,
-    centroids: np.ndarray,
-    work: Path,
-    **options: Any,
-) -> ImageBasedSelection:
-    """:func:`target_clusters_blocked`, its answers joined: the keep mask of
-    :func:`image_based_keep` (``13`` bytes a row in this process)."""
-    found = target_clusters_blocked(survivors, target_image_emb, centroids, work, **options)
-    cluster_ids = found.cluster_ids(0, len(survivors))
-    return ImageBasedSelection(
-        keep=found.keep(cluster_ids),
-        cluster_ids=cluster_ids,
-        target_clusters=found.target_clusters,
-        centroids=centroids,
-    )

@@ -3,8 +3,9 @@ executor task per block of rows read from the float16 file.
 
 The same computation as :func:`curate.dedup.knn.nearest` over the whole float32 matrix: a
 task searches its rows in the blocks that function would use (tasks start at multiples of
-the block), so the answers are identical, and no process holds more than one block of rows,
-the base set and the answers (``12`` bytes a row, ``16`` with ``with_distance``).
+the block), so the answers are identical, and no process holds more than one block of rows
+and the base set. The answers stay in the tasks' files (``12`` bytes a row, ``16`` with
+``with_distance``); readers take the rows they answer for (:class:`NearestParts`).
 """
 
 from __future__ import annotations
@@ -105,14 +106,6 @@ def nearest_parts(
     ]
     run_parts(executor, nearest_part, tasks, gpus=1 if gpu else 0, desc=desc, progress=progress)
     return parts
-
-
-def nearest_blocked(
-    survivors: Survivors, base: np.ndarray, work: Path, **options: Any
-) -> NearestRows:
-    """:func:`nearest_parts`, its answers joined (``12`` bytes a row, ``16`` with
-    ``with_distance``)."""
-    return nearest_parts(survivors, base, work, **options).read(0, len(survivors))
 
 
 @dataclass(frozen=True)
