@@ -23,11 +23,18 @@ from curate.core.executor import Executor, LocalExecutor, RayExecutor
 from curate.core.manifest import Manifest, produced_by
 from curate.dedup import blocks as blocks_module
 from curate.dedup import ivf_exact
-from curate.dedup.blocks import NpyFile, Survivors, blocks, run_parts, task_bounds
+from curate.dedup.blocks import (
+    NpyFile,
+    Survivors,
+    blocks,
+    consecutive_groups,
+    run_parts,
+    task_bounds,
+)
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
 from curate.dedup.image_based import image_based_keep, target_clusters_blocked
-from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs, list_groups
+from curate.dedup.ivf import IvfLists, ivf_lists, ivf_pairs
 from curate.dedup.ivf_exact import exact_pairs_bounded
 from curate.dedup.knn import exact_pairs, nearest, plan_index, self_pairs
 from curate.dedup.nearest import nearest_parts
@@ -145,10 +152,10 @@ def test_ivf_pairs_are_the_one_index_search(survivors, in_memory, rows_file, tmp
     assert len(list((tmp_path / "groups").glob("lists-*.npz"))) == 2
 
 
-def test_list_groups_hold_consecutive_lists_up_to_the_bound():
+def test_groups_hold_consecutive_items_up_to_the_bound():
     sizes = np.array([3, 4, 10, 1, 1, 0, 6])
-    assert list_groups(sizes, 7).tolist() == [0, 0, 1, 2, 2, 2, 3]
-    assert list_groups(sizes, 100).tolist() == [0] * 7
+    assert consecutive_groups(sizes, 7).tolist() == [0, 0, 1, 2, 2, 2, 3]
+    assert consecutive_groups(sizes, 100).tolist() == [0] * 7
 
 
 def test_exact_pairs_bounded_is_exact_pairs(survivors, in_memory, rows_file, tmp_path, monkeypatch):

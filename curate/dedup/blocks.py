@@ -184,6 +184,24 @@ class Survivors:
         return Survivors(self.image, self.rows[start:stop])
 
 
+def consecutive_groups(sizes: np.ndarray, group_rows: int) -> np.ndarray:
+    """Group of each item (an IVF list, a cluster): consecutive items, a new group whenever
+    adding the next item would pass ``group_rows`` rows (an item larger than that is a group
+    of its own)."""
+    group_of_item = np.zeros(len(sizes), dtype=np.int32)
+    group, filled = 0, 0
+    for number, size in enumerate(np.asarray(sizes).tolist()):
+        if filled and filled + size > group_rows:
+            group, filled = group + 1, 0
+        group_of_item[number] = group
+        filled += size
+    return group_of_item
+
+
+def group_count(group_of_item: np.ndarray) -> int:
+    return int(group_of_item.max()) + 1 if len(group_of_item) else 0
+
+
 def task_bounds(n_rows: int, task_rows: int = TASK_ROWS) -> list[tuple[int, int]]:
     """``[start, stop)`` of each task, in order: ``task_rows`` positions each (the last fewer)."""
     if task_rows < BLOCK_ROWS or task_rows % BLOCK_ROWS:

@@ -7,8 +7,9 @@ The same search as :func:`curate.dedup.knn.self_pairs` with an IVF plan, in four
 2. **assign** (one task per ``task_rows`` rows): each row's ``nprobe`` nearest lists, from
    blocks of the file; a task writes them (``nprobe`` int32 a row) and its list sizes;
 3. **search** (one task per group of lists): the lists are cut into groups of consecutive
-   list numbers holding at most ``group_rows`` rows (:func:`list_groups`); a task holds the
-   rows filed in its group's lists (float16, ``2·d`` bytes a row, sorted by list:
+   list numbers holding at most ``group_rows`` rows
+   (:func:`curate.dedup.blocks.consecutive_groups`); a task holds the rows filed in its
+   group's lists (float16, ``2·d`` bytes a row, sorted by list:
    :class:`curate.dedup.knn.ListProducts`), then meets every row that probes a list of the
    group with those lists only, one matrix product per list. A row is searched, in parts,
    by every group its ``nprobe`` lists touch, so the union over groups is the one-index
@@ -38,6 +39,8 @@ from curate.dedup.blocks import (
     NpyFile,
     Survivors,
     blocks,
+    consecutive_groups,
+    group_count,
     load_arrays,
     load_pair_parts,
     run_parts,
@@ -161,7 +164,7 @@ def ivf_pairs(
     ``rows_file`` holds ``survivors.rows`` (the search tasks read it in slices); ``work``
     keeps each task's output, so a rerun resumes where it stopped."""
     gpus = 1 if torch_device == "cuda" else 0
-    group_of_list = list_groups(lists.sizes, group_rows)
+    group_of_list = consecutive_groups(lists.sizes, group_rows)
     search_tasks = [
         ListGroupTask(
             image=survivors.image,
@@ -179,23 +182,6 @@ def ivf_pairs(
         executor, search_list_group, search_tasks, gpus=gpus, desc="IVF search", progress=progress
     )
     return Pairs.from_directed(load_pair_parts([task.out for task in search_tasks]))
-
-
-def group_count(group_of_list: np.ndarray) -> int:
-    return int(group_of_list.max()) + 1 if len(group_of_list) else 0
-
-
-def list_groups(list_sizes: np.ndarray, group_rows: int) -> np.ndarray:
-    """Group of each list: consecutive lists, a new group whenever adding the next list would
-    pass ``group_rows`` rows (a list larger than that is a group of its own)."""
-    group_of_list = np.zeros(len(list_sizes), dtype=np.int32)
-    group, filled = 0, 0
-    for number, size in enumerate(np.asarray(list_sizes).tolist()):
-        if filled and filled + size > group_rows:
-            group, filled = group + 1, 0
-        group_of_list[number] = group
-        filled += size
-    return group_of_list
 
 
 @dataclass(frozen=True)

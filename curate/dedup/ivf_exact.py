@@ -22,12 +22,14 @@ from curate.dedup.blocks import (
     NpyFile,
     Survivors,
     blocks,
+    consecutive_groups,
+    group_count,
     load_arrays,
     load_pair_parts,
     run_parts,
     save_arrays,
 )
-from curate.dedup.ivf import GROUP_ROWS, IvfLists, group_count, list_groups, save_directed
+from curate.dedup.ivf import GROUP_ROWS, IvfLists, save_directed
 from curate.dedup.knn import (
     RECHECK_MARGIN,
     ListProducts,
@@ -99,7 +101,7 @@ def exact_pairs_bounded(
         centroids = load_arrays(lists.centroids)["centroids"]
         within = candidate_lists(survivors, queries, centroids, angle, norm, threshold)
         save_arrays(candidates, queries=np.asarray(queries, np.int64), within=within)
-    group_of_list = list_groups(lists.sizes, group_rows)
+    group_of_list = consecutive_groups(lists.sizes, group_rows)
     search_tasks = [
         BoundedGroupTask(
             image=survivors.image,

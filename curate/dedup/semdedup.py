@@ -22,7 +22,14 @@ import polars as pl
 import pyarrow as pa
 
 from curate.core.atomic import atomic_path
-from curate.dedup.blocks import TASK_ROWS, NpyFile, Survivors, run_parts
+from curate.dedup.blocks import (
+    TASK_ROWS,
+    NpyFile,
+    Survivors,
+    consecutive_groups,
+    group_count,
+    run_parts,
+)
 from curate.dedup.knn import QUERY_BATCH, RECHECK_MARGIN, dot_pairs, float32_batches, transposed
 from curate.dedup.nearest import NearestParts
 from curate.dedup.shuffle import read_spills, write_spill
@@ -158,8 +165,8 @@ def semdedup_parts(
     sizes = np.zeros(n_clusters, dtype=np.int64)
     for start, stop in assigned.windows():
         sizes += np.bincount(assigned.read(start, stop).index, minlength=n_clusters)
-    group_of_cluster = _cluster_groups(sizes, task_rows)
-    groups = int(group_of_cluster.max()) + 1 if len(group_of_cluster) else 0
+    group_of_cluster = consecutive_groups(sizes, task_rows)
+    groups = group_count(group_of_cluster)
     found = SemDeDupParts(assigned.bounds, work, groups)
     groups_file = work / "group_of_cluster.npy"
     if not groups_file.is_file():
@@ -184,20 +191,6 @@ def semdedup_parts(
     ]
     run_parts(executor, semdedup_part, receivers, desc="semdedup clusters", progress=progress)
     return found
-
-
-def _cluster_groups(sizes: np.ndarray, task_rows: int) -> np.ndarray:
-    """Each cluster's group: consecutive clusters, a new group whenever the next non-empty
-    cluster would take the group past ``task_rows`` rows (a larger cluster is a group of its
-    own)."""
-    group_of_cluster = np.zeros(len(sizes), dtype=np.int64)
-    group, rows = 0, 0
-    for cluster, size in enumerate(sizes.tolist()):
-        if size and rows and rows + size > task_rows:
-            group, rows = group + 1, 0
-        group_of_cluster[cluster] = group
-        rows += size
-    return group_of_cluster
 
 
 @dataclass(frozen=True)
