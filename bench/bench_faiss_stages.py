@@ -549,25 +549,20 @@ def report(results: dict[str, Any]) -> None:
             f"{exact['all_pairs_cpu_s'] / near['cpu_s']:.1f}x CPU "
             "(the build-pool run includes its own recall check on the same number of rows)"
         )
-    image, in_memory = results.get("image_based"), results.get("in_memory")
-    if image:
-        print(f"image_based report: {json.dumps(image['report'])}")
+    report_kept("image_based", results.get("image_based"), results.get("in_memory"))
+    report_kept("semdedup", results.get("semdedup"), results.get("semdedup_in_memory"))
+
+
+def report_kept(stage: str, built: dict | None, in_memory: dict | None) -> None:
+    """A stage's report, and whether build-pool kept the in-memory path's uids (asserted)."""
+    if built:
+        print(f"{stage} report: {json.dumps(built['report'])}")
     if in_memory:
+        same = in_memory["same_kept_uids_as_build_pool"]
         print(
-            f"image_based kept set equal to the in-memory path's: "
-            f"{in_memory['same_kept_uids_as_build_pool']} ({in_memory['kept']:,} kept)"
+            f"{stage} kept set equal to the in-memory path's: {same} ({in_memory['kept']:,} kept)"
         )
-        assert in_memory["same_kept_uids_as_build_pool"], "build-pool keeps other rows"
-    semdedup, semdedup_in_memory = results.get("semdedup"), results.get("semdedup_in_memory")
-    if semdedup:
-        print(f"semdedup report: {json.dumps(semdedup['report'])}")
-    if semdedup_in_memory:
-        print(
-            f"semdedup kept set equal to the in-memory path's: "
-            f"{semdedup_in_memory['same_kept_uids_as_build_pool']} "
-            f"({semdedup_in_memory['kept']:,} kept)"
-        )
-        assert semdedup_in_memory["same_kept_uids_as_build_pool"], "build-pool keeps other rows"
+        assert same, f"{stage}: build-pool keeps other rows"
 
 
 def report_sharded(args: argparse.Namespace, work: Path, flat: dict, sharded: dict) -> None:
