@@ -503,14 +503,16 @@ def embedding_pool(tmp_path_factory, pool_file) -> tuple[Path, str]:
     return pool, RECIPE.format(eval=root / "eval.npy", target=root / "target.npy")
 
 
-def _contents(out: Path) -> dict[str, bytes]:
+def _contents(out: Path, run_columns: tuple[str, ...] = ("seconds",)) -> dict[str, bytes]:
+    """Every output file's bytes, less what differs between runs by design (the manifest's
+    times and commit; stages.parquet's ``run_columns``)."""
     files = {p.relative_to(out).as_posix(): p for p in sorted(out.rglob("*")) if p.is_file()}
     contents = {name: path.read_bytes() for name, path in files.items()}
     manifest = json.loads(contents.pop("manifest.json"))
     for volatile in ("created", "produced_by"):
         manifest.pop(volatile)
     contents["manifest.json"] = json.dumps(manifest, sort_keys=True).encode()
-    stages = pl.read_parquet(files["stages.parquet"]).drop("seconds")
+    stages = pl.read_parquet(files["stages.parquet"]).drop(*run_columns)
     contents["stages.parquet"] = stages.write_csv().encode()
     return contents
 
@@ -554,3 +556,43 @@ def test_build_pool_writes_the_same_bytes_on_every_executor(embedding_pool, tmp_
         recipe, pool, tmp_path / "cuda" / "candidate", device="cuda"
     )  # no GPU here: the CPU
     assert cuda.kept == reference.kept
+
+
+class CrashAfter(Executor):
+    """Runs parts in this process, as the default executor does, and raises after ``parts``
+    parts in all (every map call counted: the stages' steps and the shards' decisions)."""
+
+    def __init__(self, parts: int) -> None:
+        self.left = parts
+
+    def map(self, fn, parts, **options):
+        for part in parts:
+            if self.left == 0:
+                raise Crash
+            self.left -= 1
+            yield fn(part)
+
+
+def test_a_build_killed_in_any_step_resumes_to_the_same_bytes(embedding_pool, tmp_path):
+    """The four embedding stages, stopped inside each step in turn (halfway through its
+    tasks: the stages' searches, semdedup's shuffle, the shards' decisions, the kept uids):
+    each rerun of the same build finishes with the bytes of a build never stopped."""
+    pool, text = embedding_pool
+    recipe = parse_recipe(text, source="embedding_stages.yaml")
+    counting = Recording(CrashAfter(10**9))
+    build_pool(recipe, pool, tmp_path / "whole" / "candidate", executor=counting)
+    resumable = ("seconds", "resumed")  # a resumed stage says so
+    expected = _contents(tmp_path / "whole" / "candidate", resumable)
+    steps = {name for name, _ in counting.calls}
+    assert {"semdedup_spill", "semdedup_part", "_apply_answer"} <= steps
+    before, stops = 0, []
+    for _, parts in counting.calls:
+        if parts:
+            stops.append(before + parts // 2)
+        before += parts
+    for stop in stops:
+        out = tmp_path / f"stopped-{stop}" / "candidate"  # the manifest names its folder
+        with pytest.raises(Crash):
+            build_pool(recipe, pool, out, executor=CrashAfter(stop))
+        build_pool(recipe, pool, out)
+        assert _contents(out, resumable) == expected, stop
