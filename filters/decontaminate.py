@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
-from curate.dedup.nearest import NearestParts, nearest_parts
+from curate.dedup.nearest import NearestParts, NearestRows, nearest_parts
 from curate.dedup.reference import load_reference_embeddings
 from curate.filters.dedup_inputs import (
     array_digest,
@@ -73,15 +73,17 @@ def decontaminate(ctx: StageContext, params: DecontaminateParams) -> NearestEval
     answer = NearestEvalImages(
         found, tuple(str(path) for path in params.eval_embeddings), params.threshold, len(vectors)
     )
-    per_set = {str(path): 0 for path in params.eval_embeddings}
+    over_threshold = np.zeros(len(found), dtype=np.int64)  # per eval set
     removed = 0
-    for start, stop in found[0].windows():  # a task's rows at a time
-        removed += int((~answer.piece(start, stop - start).dense().keep).sum())
-        for path, parts in zip(params.eval_embeddings, found, strict=True):
-            per_set[str(path)] += int(
-                (parts.read(start, stop).similarity >= params.threshold).sum()
-            )
-    report = {"threshold": params.threshold, "removed": removed, "removed_by_eval_set": per_set}
+    for start, stop in found[0].windows():  # a task's rows at a time, each set's file read once
+        nearest = [parts.read(start, stop) for parts in found]
+        removed += int((answer.best_of(nearest)[0] >= np.float32(params.threshold)).sum())
+        over_threshold += [int((n.similarity >= params.threshold).sum()) for n in nearest]
+    report = {
+        "threshold": params.threshold,
+        "removed": removed,
+        "removed_by_eval_set": dict(zip(answer.paths, over_threshold.tolist(), strict=True)),
+    }
     return replace(answer, report=report)
 
 
@@ -102,16 +104,23 @@ class NearestEvalImages:
     def piece(self, start: int, count: int) -> NearestEvalImages:
         return replace(self, rows=count, start=self.start + start, report={})
 
-    def dense(self) -> StageResult:
-        best = np.full(self.rows, -np.inf, dtype=np.float32)
-        which_set = np.full(self.rows, -1, dtype=np.int64)
-        which_row = np.full(self.rows, -1, dtype=np.int64)
-        for position, parts in enumerate(self.found):
-            found = parts.read(self.start, self.start + self.rows)
+    @staticmethod
+    def best_of(nearest: list[NearestRows]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, over the sets' answers: the highest cosine, which set, which row of it."""
+        rows = len(nearest[0].similarity)
+        best = np.full(rows, -np.inf, dtype=np.float32)
+        which_set = np.full(rows, -1, dtype=np.int64)
+        which_row = np.full(rows, -1, dtype=np.int64)
+        for position, found in enumerate(nearest):
             better = found.similarity > best
             best[better] = found.similarity[better]
             which_set[better] = position
             which_row[better] = found.index[better]
+        return best, which_set, which_row
+
+    def dense(self) -> StageResult:
+        stop = self.start + self.rows
+        best, which_set, which_row = self.best_of([f.read(self.start, stop) for f in self.found])
         keep = ~(best >= np.float32(self.threshold))
         removed = np.flatnonzero(~keep)
         reason = np.full(self.rows, "", dtype=object)

@@ -79,9 +79,7 @@ class StageContext:
     def column_at(self, name: str, positions: np.ndarray) -> pl.Series:
         """Column ``name`` of ``rows[positions]``: from ``rows`` when it holds the column,
         else read for those rows alone (build-pool's driver holds no column but ``row``)."""
-        if name in self.rows.columns or self.lookup is None or name not in self.looked_up:
-            return self.rows[name].gather(positions)
-        return self.lookup(name, positions)
+        return self.column_reader(name)(positions)
 
     def column_reader(self, name: str) -> Callable[[np.ndarray], pl.Series]:
         """:meth:`column_at` for the stage's tasks: a picklable reader of column ``name`` at

@@ -250,16 +250,13 @@ def semdedup_part(task: ClusterGroupTask) -> None:
         similarity, earlier = _max_to_earlier(vectors)
         max_similarity[start + 1 : end] = similarity[1:]
         earlier_member[start + 1 : end] = start + earlier[1:]
-    named = np.flatnonzero(earlier_member >= 0)
     uid = members["uid"].take(pa.array(ranked))
     answers = pa.table(
         {
             "position": positions[ranked],
             "max_similarity": max_similarity,
-            "most_similar_uid": pl.Series(dtype=pl.String)
-            .extend_constant(None, n)
-            .scatter(named, pl.from_arrow(uid.take(pa.array(earlier_member[named]))))
-            .to_arrow(),
+            # a null index takes a null: the first of a cluster names no one
+            "most_similar_uid": uid.take(pa.array(earlier_member, mask=earlier_member < 0)),
         }
     )
     windows = task.parts.bounds
