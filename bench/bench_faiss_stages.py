@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import resource
 import shutil
 import subprocess
@@ -75,6 +76,7 @@ EMBEDDINGS = "bench"
 N_CENTERS = 10_000
 BENCH_DATA = Path("/work/bench_data")
 TIMELINE_SECONDS = 15.0
+DEFAULT_SEMDEDUP_REPO = "/work/.mirror/facebookresearch+SemDeDup/repo"
 
 
 def _usage() -> tuple[float, float, float]:
@@ -343,6 +345,70 @@ def step_semdedup_in_memory(args: argparse.Namespace, work: Path) -> dict:
     }
 
 
+def step_semdedup_anchor_inputs(args: argparse.Namespace, work: Path) -> dict:
+    """SemDeDup's inputs (see bench/semdedup_anchor.py): the embeddings as its float32
+    memmap, the uids as its S32 paths memmap, and curate's k-means (the same seeded spherical
+    k-means as the stage's) as its pickled faiss index and centroids file."""
+    import faiss
+    import polars as pl
+
+    from curate.dedup.clustering import kmeans
+
+    started = _usage()
+    inputs = work / "semdedup_anchor"
+    shutil.rmtree(inputs, ignore_errors=True)
+    (inputs / "clustering").mkdir(parents=True)
+    image = np.load(work / "pool" / "embeddings" / EMBEDDINGS / "image.npy", mmap_mode="r")
+    embs = np.memmap(inputs / "embs.f32", np.float32, "w+", shape=image.shape)
+    for start in range(0, len(image), 1 << 17):
+        embs[start : start + (1 << 17)] = image[start : start + (1 << 17)]
+    embs.flush()
+    uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy().astype("S32")
+    uids.tofile(inputs / "paths.S32")
+    centroids = kmeans(
+        np.asarray(embs), semdedup_clusters(args), seed=0, train_sample=args.train_sample,
+        spherical=True,
+    )  # fmt: skip
+    index = faiss.IndexFlatIP(centroids.shape[1])  # faiss.Kmeans's index when spherical
+    index.add(centroids)
+    (inputs / "clustering" / "kmeans_index.pickle").write_bytes(pickle.dumps(index))
+    np.save(inputs / "clustering" / "kmeans_centroids.npy", centroids)
+    ended = _usage()
+    return {"wall_s": ended[0] - started[0], "cpu_s": ended[1] - started[1]}
+
+
+def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -> dict:
+    """SemDeDup's own code as a whole process (bench/semdedup_anchor.py), on the inputs of
+    :func:`step_semdedup_anchor_inputs`; its kept uids against build-pool's (the uids kept
+    by one only are written next to its inputs)."""
+    from curate.core.kept_uids import kept_uids
+    from curate.core.layout import SubsetLayout
+
+    prepared = run_step("semdedup_anchor_inputs", argv)
+    inputs = work / "semdedup_anchor"
+    out = inputs / "kept.txt"
+    command = [sys.executable, str(Path(__file__).with_name("semdedup_anchor.py"))]
+    command += ["--repo", str(args.semdedup_repo), "--inputs", str(inputs)]
+    command += ["--rows", str(args.rows), "--dim", str(args.dim)]
+    command += ["--clusters", str(semdedup_clusters(args)), "--eps", str(args.eps)]
+    measured = run_measured([*command, "--out", str(out)], "SemDeDup")
+    anchor = np.sort(np.array(out.read_text().split("\n")))
+    built = kept_uids(SubsetLayout(work / "out" / "bench_semdedup")).to_numpy()
+    only_anchor = np.setdiff1d(anchor, built)
+    only_built = np.setdiff1d(built, anchor)
+    measured.update(
+        inputs_wall_s=prepared["wall_s"],
+        kept=len(anchor),
+        empty_clusters=json.loads(out.with_suffix(".json").read_text())["empty_clusters"],
+        kept_only_by_semdedup=len(only_anchor),
+        kept_only_by_build_pool=len(only_built),
+        same_kept_uids_as_build_pool=bool(len(only_anchor) == len(only_built) == 0),
+    )
+    (inputs / "kept_only_by_semdedup.txt").write_text("\n".join(only_anchor))
+    (inputs / "kept_only_by_build_pool.txt").write_text("\n".join(only_built))
+    return measured
+
+
 def _context(work: Path, step: str, seed: int = 0):
     import polars as pl
 
@@ -404,6 +470,7 @@ STEPS = {
     "exact": step_exact,
     "in_memory": step_in_memory,
     "semdedup_in_memory": step_semdedup_in_memory,
+    "semdedup_anchor_inputs": step_semdedup_anchor_inputs,
     "near_dedup_flat": step_near_dedup_flat,
     "near_dedup_sharded": step_near_dedup_sharded,
 }
@@ -429,6 +496,13 @@ def main() -> None:
         "--semdedup-clusters", type=int, help="semdedup k-means (default: the stage's, rows/1000)"
     )
     parser.add_argument("--eps", type=float, default=0.05, help="semdedup's eps")
+    parser.add_argument(
+        "--semdedup-repo",
+        type=Path,
+        default=Path(os.environ.get("SEMDEDUP_REPO", DEFAULT_SEMDEDUP_REPO)),
+        help="git directory of facebookresearch/SemDeDup (env SEMDEDUP_REPO); its code runs "
+        "with --check-in-memory when the directory exists",
+    )
     parser.add_argument("--executor", default="local")
     parser.add_argument("--workers", type=int, help="--workers of build-pool")
     parser.add_argument("--device", default="cpu")
@@ -494,6 +568,8 @@ def main() -> None:
         results["semdedup"] = semdedup_run(args, work)
         if check:
             results["semdedup_in_memory"] = run_step("semdedup_in_memory", argv)
+            if args.semdedup_repo.is_dir():
+                results["semdedup_anchor"] = semdedup_anchor_run(args, work, argv)
     results["load_average"] = os.getloadavg()[0]
     report(results)
     if args.json:
@@ -514,6 +590,7 @@ def report(results: dict[str, Any]) -> None:
         ("image_based in memory (float32 matrix)", results.get("in_memory")),
         ("curate build-pool, semdedup", results.get("semdedup")),
         ("semdedup in memory (float32 matrix)", results.get("semdedup_in_memory")),
+        ("SemDeDup's own code (centroids given)", results.get("semdedup_anchor")),
     ]
     for name, step in rows:
         if step is None:
@@ -551,6 +628,15 @@ def report(results: dict[str, Any]) -> None:
         )
     report_kept("image_based", results.get("image_based"), results.get("in_memory"))
     report_kept("semdedup", results.get("semdedup"), results.get("semdedup_in_memory"))
+    anchor = results.get("semdedup_anchor")
+    if anchor:
+        print(
+            f"semdedup kept set equal to SemDeDup's own code's: "
+            f"{anchor['same_kept_uids_as_build_pool']} ({anchor['kept']:,} kept by SemDeDup; "
+            f"{anchor['kept_only_by_semdedup']:,} only by SemDeDup, "
+            f"{anchor['kept_only_by_build_pool']:,} only by build-pool; "
+            f"{anchor['empty_clusters']} empty clusters)"
+        )
 
 
 def report_kept(stage: str, built: dict | None, in_memory: dict | None) -> None:
