@@ -17,10 +17,16 @@ disk to time each finished *part*:
                 files, ``--shard-rows 4000``: 18 shards): every map and reduce step's output,
                 a stage's decisions for one shard (``_resume/*/parts/*.parquet``),
                 exact_dedup's partitions (``removed-*.parquet``), the sorted kept uids
+    build-embed build-pool of the four embedding stages (decontaminate, near_dedup with
+                keep: highest_clip_score, semdedup, image_based; tasks of 8,192 rows) over a
+                pool of 60,000 planted near-duplicate float16 vectors (``--shard-rows 4000``):
+                every finished file of their steps (searches, k-means, assignments,
+                semdedup's shuffle, near_dedup's pairs), the decisions per shard, the sorted
+                kept uids
     score       a saved training state (``train_state.pt``'s step), the final checkpoint,
                 ``results.jsonl``
 
-Then N trials, round-robin over the five stages. A trial draws (seeded) how many parts k
+Then N trials, round-robin over the six stages. A trial draws (seeded) how many parts k
 (1 .. parts-1) must be done, starts the CLI, waits until k parts are on disk, sleeps a random
 fraction of the reference's time for part k+1, SIGKILLs the process group, lists the parts
 present, reruns the command to completion and compares every output file with the reference.
@@ -122,6 +128,20 @@ META_RECIPE = {
 }
 META_FILES, META_ROWS, META_SHARD_ROWS = 6, 60_000, 4_000
 META_SHARDS = META_FILES * math.ceil(META_ROWS / META_FILES / META_SHARD_ROWS)
+EMBED_ROWS, EMBED_DIM, EMBED_SHARD_ROWS, EMBED_TASK_ROWS = 60_000, 64, 4_000, 8_192
+EMBED_RECIPE = {
+    "name": "fault_trials_embeddings",
+    "description": "the four embedding stages, tasks of 8,192 rows",
+    "seed": 1,
+    "stages": [
+        {"stage": "decontaminate", "params": {"eval_embeddings": ["EVAL"], "threshold": 0.97}},
+        {"stage": "near_dedup", "params": {"threshold": 0.95, "index": "ivf", "nprobe": 4,
+                                           "keep": "highest_clip_score", "recall_sample": 300}},
+        {"stage": "semdedup", "params": {"eps": 0.15, "n_clusters": 40, "train_sample": 4000}},
+        {"stage": "image_based", "params": {"target_embeddings": "TARGET", "n_clusters": 60,
+                                            "train_sample": 4000}},
+    ],
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -137,6 +157,8 @@ class Inputs:
     scales: Path  # score
     meta_pool: Path  # build-meta: DataComp metadata used in place
     meta_recipe: Path  # build-meta
+    embedding_pool: Path  # build-embed: samples.parquet and a float16 embedding set
+    embed_recipe: Path  # build-embed
 
 
 @dataclass(frozen=True)
@@ -286,6 +308,39 @@ def _build_meta_parts(out: Path) -> list[str]:
     return sorted(set(parts))
 
 
+# -- build-pool's embedding stages: their tasks' steps ---------------------------------------
+
+
+def _build_embed(inputs: Inputs, run_dir: Path) -> tuple[list[str], Path]:
+    out = run_dir / "candidate"
+    command = ["build-pool", str(inputs.embed_recipe), "--pool", str(inputs.embedding_pool),
+               "--out", str(out), "--shard-rows", str(EMBED_SHARD_ROWS),
+               "--workers", "2"]  # fmt: skip
+    return command, out
+
+
+_EMBED_PARTS_SEEN: set[str] = set()
+
+
+def _build_embed_parts(out: Path) -> list[str]:
+    """Every finished file the build leaves in its resume folders: each step's task outputs
+    (the searches, k-means, the assignments, semdedup's shuffle, near_dedup's pairs), each
+    stage's decisions per shard and stats, the sorted kept uids; a stage's key in a name is
+    written K. Those folders are gone once OUT is complete: then every part seen so far."""
+    if out.exists():
+        return sorted(_EMBED_PARTS_SEEN)
+    staging = staging_dir_for(out)
+    names = {  # os.walk skips folders removed while it walks (a finished step's, a stage's)
+        re.sub(r"[0-9a-f]{16,}", "K", os.path.relpath(os.path.join(folder, name), staging))
+        for top in ("_resume", "_kept")
+        for folder, _, files in os.walk(staging / top)
+        for name in files
+        if not name.startswith(".")
+    }
+    _EMBED_PARTS_SEEN.update(names)
+    return sorted(names)
+
+
 # -- score -----------------------------------------------------------------------------------
 
 
@@ -355,6 +410,7 @@ STAGES = (
     Stage("embed", _embed, _embed_parts, Path.exists, _embed_says, True),
     Stage("build-pool", _build_pool, _build_pool_parts, Path.exists, _build_pool_says, True),
     Stage("build-meta", _build_meta, _build_meta_parts, Path.exists, _build_pool_says, True),
+    Stage("build-embed", _build_embed, _build_embed_parts, Path.exists, _build_pool_says, True),
     Stage("score", _score, _score_parts, _score_finished, _score_says, False),
 )
 
@@ -643,19 +699,59 @@ def build_inputs(work: Path, names: set[str] | None = None) -> Inputs:
         tiny_test = yaml.safe_load(shipped_scales.read_text("utf-8"))["tiny-test"]
         scale = {**tiny_test, "samples_seen": 24 * 64, "batch_size": 64, "checkpoint_every": 3}
         scales.write_text(yaml.safe_dump({SCALE: scale}), "utf-8")
-    meta_source = root / "datacomp"
-    sys.path.insert(0, str(REPO / "bench"))
-    from bench_clip_score import generate_pool
-
-    generate_pool(meta_source, META_ROWS, META_FILES, seed=3)
     meta_pool = root / "meta-pool"
-    curate(["ingest", str(meta_source), "--format", "datacomp", "--out", str(meta_pool)])
     meta_recipe = root / "meta-recipe.yaml"
-    meta_recipe.write_text(yaml.safe_dump(META_RECIPE, sort_keys=False), "utf-8")
+    if "build-meta" in names:
+        meta_source = root / "datacomp"
+        sys.path.insert(0, str(REPO / "bench"))
+        from bench_clip_score import generate_pool
+
+        generate_pool(meta_source, META_ROWS, META_FILES, seed=3)
+        curate(["ingest", str(meta_source), "--format", "datacomp", "--out", str(meta_pool)])
+        meta_recipe.write_text(yaml.safe_dump(META_RECIPE, sort_keys=False), "utf-8")
+    embedding_pool = root / "embedding-pool"
+    embed_recipe = root / "embed-recipe.yaml"
+    if "build-embed" in names:
+        _write_embedding_pool(embedding_pool, embed_recipe)
     references = work / "reference"
     return Inputs(source, references / "ingest" / "pool", checkpoint,
                   references / "embed" / "pool", recipe, demo, scales, meta_pool,
-                  meta_recipe)  # fmt: skip
+                  meta_recipe, embedding_pool, embed_recipe)  # fmt: skip
+
+
+def _write_embedding_pool(pool: Path, recipe: Path) -> None:
+    """A pool of samples without images (uids, captions, a float16 embedding set of planted
+    near-duplicates, CLIP scores), an eval set and a target set drawn from its rows, and the
+    recipe of the four embedding stages over them."""
+    from curate.core.manifest import Manifest, produced_by
+    from curate.dedup.synthetic import planted_near_duplicates
+
+    vectors = planted_near_duplicates(
+        EMBED_ROWS, EMBED_DIM, n_centers=40, duplicate_fraction=0.15, seed=2
+    ).vectors.astype(np.float16)
+    uids = np.char.mod("%032x", np.arange(EMBED_ROWS))
+    embeddings = pool / "embeddings" / EMBED_SET
+    embeddings.mkdir(parents=True)
+    pl.DataFrame(
+        {"uid": uids, "text": np.char.mod("photo %d", np.arange(EMBED_ROWS))}
+    ).write_parquet(pool / "samples.parquet")
+    np.save(embeddings / "image.npy", vectors)
+    (embeddings / "meta.json").write_text(json.dumps({"name": EMBED_SET}))
+    scores = np.random.default_rng(0).random(EMBED_ROWS).astype(np.float32)
+    pl.DataFrame({"uid": uids, "clip_score": scores}).write_parquet(
+        embeddings / "clip_score.parquet"
+    )
+    Manifest("fault", "pool", {"type": "synthetic"}, EMBED_ROWS, False, produced_by("bench")).write(
+        pool
+    )
+    rng = np.random.default_rng(7)
+    np.save(pool.parent / "eval.npy", vectors[rng.choice(EMBED_ROWS, 30, replace=False)])
+    np.save(pool.parent / "target.npy", vectors[rng.choice(EMBED_ROWS, 50, replace=False)])
+    stages = [dict(stage, params={**stage["params"], "task_rows": EMBED_TASK_ROWS})
+              for stage in EMBED_RECIPE["stages"]]  # fmt: skip
+    stages[0]["params"]["eval_embeddings"] = [str(pool.parent / "eval.npy")]
+    stages[3]["params"]["target_embeddings"] = str(pool.parent / "target.npy")
+    recipe.write_text(yaml.safe_dump({**EMBED_RECIPE, "stages": stages}, sort_keys=False), "utf-8")
 
 
 def summarise(trials: list[Trial], stages: tuple[Stage, ...] = STAGES) -> dict[str, dict[str, int]]:
