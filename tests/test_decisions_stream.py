@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from curate.build_pool.build import build_pool
+from curate.build_pool.build import POSITIONS, build_pool
 from curate.build_pool.decisions import assemble, write_part
 from curate.build_pool.recipe import parse_recipe
 from curate.core.decisions_view import (
@@ -247,7 +247,11 @@ if "ds_modulus" not in STAGES:
     def _sparse(context, params):
         """A sparse answer: removes the rows whose number is 1 modulo ``modulus``, the
         i-th naming the uid at position 7·i of the stage's rows (wrapped: not in row order,
-        from any shard); scores every third row."""
+        from any shard); scores every third row. Inside build-pool (its positions file in its
+        stage folder) it records whether its rows are a map of that file, where /proc says."""
+        positions, maps = context.work_dir.parent / POSITIONS, Path("/proc/self/maps")
+        if positions.exists() and maps.exists():
+            SPARSE_ROWS_MAPPED.append(str(positions) in maps.read_text())
         rows = context.rows["row"].to_numpy()
         removed = np.flatnonzero(rows % params.modulus == 1)
         scored = np.arange(0, len(rows), 3)
@@ -260,6 +264,7 @@ if "ds_modulus" not in STAGES:
         )
 
 
+SPARSE_ROWS_MAPPED: list[bool] = []  # per ds_sparse run in build-pool: were its rows mapped
 NOISE = ["clean", "tiny", "spam_caption", "clean", "mismatched_caption", "clean", "off_topic"]
 
 
@@ -368,7 +373,10 @@ OUTPUTS = ("uids.npy", "decisions.parquet", "ground_truth.parquet")
 @pytest.mark.parametrize("order", ORDERS, ids="-".join)
 def test_build_pool_decisions_and_ground_truth_match_the_references(noisy_pool, tmp_path, order):
     recipe = parse_recipe("name: r\nstages:\n" + "".join(STAGE_TEXT[s] for s in order), "r.yaml")
+    SPARSE_ROWS_MAPPED.clear()
     result = build_pool(recipe, noisy_pool, tmp_path / "subset")
+    if "sparse" in order and Path("/proc/self/maps").exists():
+        assert SPARSE_ROWS_MAPPED == [True]  # its rows in the driver: a map, not a copy
     pool = Pool.open(noisy_pool)
     frames = _run_stages_by_hand(pool, order)
     reference = reference_decisions(frames, pool.samples()["uid"])

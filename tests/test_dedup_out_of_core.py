@@ -5,6 +5,7 @@ process, on a local process pool and on a real local Ray instance."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tracemalloc
@@ -22,6 +23,7 @@ from curate.core.errors import UserInputError
 from curate.core.executor import Executor, LocalExecutor, RayExecutor
 from curate.core.manifest import Manifest, produced_by
 from curate.dedup import blocks as blocks_module
+from curate.dedup import cache as cache_module
 from curate.dedup import ivf_exact
 from curate.dedup.blocks import (
     NpyFile,
@@ -31,6 +33,7 @@ from curate.dedup.blocks import (
     run_parts,
     task_bounds,
 )
+from curate.dedup.cache import rows_fingerprint
 from curate.dedup.clustering import assign, kmeans
 from curate.dedup.device import check_device, faiss_gpu, faiss_gpus
 from curate.dedup.image_based import image_based_keep, target_clusters_blocked
@@ -596,3 +599,16 @@ def test_a_build_killed_in_any_step_resumes_to_the_same_bytes(embedding_pool, tm
             build_pool(recipe, pool, out, executor=CrashAfter(stop))
         build_pool(recipe, pool, out)
         assert _contents(out, resumable) == expected, stop
+
+
+def test_rows_fingerprint_a_block_at_a_time_is_the_hash_of_all_the_rows(tmp_path, monkeypatch):
+    """Hashed in blocks (a memory map of uint64 positions, as build-pool's driver holds), the
+    fingerprint is the sha256 of every row's int64 bytes at once: the cache keys of resumed
+    work do not change with the block size or the dtype."""
+    monkeypatch.setattr(cache_module, "FINGERPRINT_ROWS", 7)
+    rows = np.random.default_rng(0).permutation(100).astype(np.uint64)
+    rows.tofile(tmp_path / "positions.u64")
+    mapped = np.memmap(tmp_path / "positions.u64", dtype=np.uint64, mode="r")
+    whole = hashlib.sha256(rows.astype(np.int64).tobytes()).hexdigest()
+    assert rows_fingerprint(mapped) == rows_fingerprint(rows.astype(np.int64)) == whole
+    assert rows_fingerprint(mapped[:-1]) != whole

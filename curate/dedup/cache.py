@@ -20,9 +20,16 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
+FINGERPRINT_ROWS = 1 << 20
+
+
 def rows_fingerprint(rows: np.ndarray) -> str:
-    """Identity of the rows a stage saw (their pool row numbers, in order)."""
-    return hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
+    """Identity of the rows a stage saw (their pool row numbers, in order), hashed a block at
+    a time: ``rows`` may be a memory map of billions of positions."""
+    digest = hashlib.sha256()
+    for start in range(0, len(rows), FINGERPRINT_ROWS):
+        digest.update(np.ascontiguousarray(rows[start : start + FINGERPRINT_ROWS], dtype=np.int64))
+    return digest.hexdigest()
 
 
 def cached_arrays(
