@@ -381,6 +381,8 @@ def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -
     """SemDeDup's own code as a whole process (bench/semdedup_anchor.py), on the inputs of
     :func:`step_semdedup_anchor_inputs`; its kept uids against build-pool's (the uids kept
     by one only are written next to its inputs)."""
+    import polars as pl
+
     from curate.core.kept_uids import kept_uids
     from curate.core.layout import SubsetLayout
 
@@ -392,17 +394,19 @@ def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -
     command += ["--rows", str(args.rows), "--dim", str(args.dim)]
     command += ["--clusters", str(semdedup_clusters(args)), "--eps", str(args.eps)]
     measured = run_measured([*command, "--out", str(out)], "SemDeDup")
-    anchor = np.sort(np.array(out.read_text().split("\n")))
-    built = kept_uids(SubsetLayout(work / "out" / "bench_semdedup")).to_numpy()
-    only_anchor = np.setdiff1d(anchor, built)
-    only_built = np.setdiff1d(built, anchor)
+    anchor = pl.Series("uid", out.read_text().split("\n"))
+    built = kept_uids(SubsetLayout(work / "out" / "bench_semdedup"))
+    only_anchor = anchor.filter(~anchor.is_in(built.implode())).sort()
+    only_built = built.filter(~built.is_in(anchor.implode())).sort()
     measured.update(
         inputs_wall_s=prepared["wall_s"],
         kept=len(anchor),
         empty_clusters=json.loads(out.with_suffix(".json").read_text())["empty_clusters"],
         kept_only_by_semdedup=len(only_anchor),
         kept_only_by_build_pool=len(only_built),
-        same_kept_uids_as_build_pool=bool(len(only_anchor) == len(only_built) == 0),
+        same_kept_uids_as_build_pool=bool(
+            len(only_anchor) == len(only_built) == 0 and len(anchor) == len(built)
+        ),
     )
     (inputs / "kept_only_by_semdedup.txt").write_text("\n".join(only_anchor))
     (inputs / "kept_only_by_build_pool.txt").write_text("\n".join(only_built))
