@@ -25,7 +25,7 @@ from curate.dedup.blocks import BLOCK_ROWS, TASK_ROWS, NpyFile, Survivors
 from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
 from curate.dedup.clustering import kmeans
 from curate.dedup.device import faiss_gpu
-from curate.filters.registry import StageContext
+from curate.filters.registry import NamedReasons, StageContext
 
 
 def set_parts(ctx: StageContext) -> tuple[str, EmbeddingParts, EmbeddingParts | None]:
@@ -160,13 +160,14 @@ def reasons_naming(
     return (
         pl.Series("reason", dtype=pl.String)
         .extend_constant(None, ctx.rows.height)
-        .scatter(removed, removal_reasons(ctx, named, text))
+        .scatter(removed, removal_reasons(ctx, named, text).series())
     )
 
 
-def removal_reasons(ctx: StageContext, named: np.ndarray, text: str) -> pl.Series:
-    """``"<text> <uid of rows[named[i]]>"`` for each ``i``: the reasons of a sparse answer."""
-    return (text + " ") + ctx.column_at("uid", named)
+def removal_reasons(ctx: StageContext, named: np.ndarray, text: str) -> NamedReasons:
+    """``"<text> <uid of rows[named[i]]>"`` for each ``i``: the reasons of a sparse answer,
+    the uids read when each shard's decisions are written."""
+    return NamedReasons(text, named, ctx.column_reader("uid"))
 
 
 def cached_kmeans(

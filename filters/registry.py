@@ -137,16 +137,38 @@ class ShardedAnswer(Protocol):
 
 
 @dataclass(frozen=True)
+class NamedReasons:
+    """Reasons that name another row: ``"<text> <uid of rows[named[i]]>"`` for the ``i``-th
+    removed row, the uids read only when a piece's reasons are written (``reader``: picklable,
+    positions into the stage's rows -> uids). The driver then holds a position per removed
+    row, not a string (about 110 bytes with its uid)."""
+
+    text: str
+    named: np.ndarray
+    reader: Callable[[np.ndarray], pl.Series]
+
+    def __len__(self) -> int:
+        return len(self.named)
+
+    def __getitem__(self, part: slice) -> NamedReasons:
+        return NamedReasons(self.text, self.named[part], self.reader)
+
+    def series(self) -> pl.Series:
+        return (self.text + " ") + self.reader(self.named)
+
+
+@dataclass(frozen=True)
 class SparseResult:
     """A whole-pool stage's answer as the rows it is about, so that no process holds a value
     per row: ``removed`` (positions into the stage's ``rows``, ascending) with ``reason`` (one
-    string, or one per removed row), and ``scored`` (ascending) with ``score`` there; every
-    other row is kept, with no score. build-pool writes each shard's decisions from its slice
-    in one task per shard; :meth:`dense` is the per-row answer, for callers over few rows."""
+    string, or one per removed row, or :class:`NamedReasons`), and ``scored`` (ascending) with
+    ``score`` there; every other row is kept, with no score. build-pool writes each shard's
+    decisions from its slice in one task per shard; :meth:`dense` is the per-row answer, for
+    callers over few rows."""
 
     rows: int
     removed: np.ndarray
-    reason: str | pl.Series
+    reason: str | pl.Series | NamedReasons
     scored: np.ndarray | None = None
     score: np.ndarray | None = None
     report: dict[str, Any] = field(default_factory=dict)
@@ -165,7 +187,7 @@ class SparseResult:
         """The same answer as a value per row."""
         keep = np.ones(self.rows, dtype=bool)
         keep[self.removed] = False
-        reason: str | pl.Series = self.reason
+        reason = self.reason.series() if isinstance(self.reason, NamedReasons) else self.reason
         if not isinstance(reason, str):
             reason = (
                 pl.Series("reason", dtype=pl.String)

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from curate.build_pool.decisions import StageAnswerError, check_sparse
-from curate.filters.registry import SparseResult
+from curate.filters.registry import NamedReasons, SparseResult
 
 
 def random_answer(rng: np.random.Generator, rows: int) -> SparseResult:
@@ -52,6 +52,30 @@ def test_one_reason_and_no_scores():
     piece = answer.piece(2, 3).dense()
     assert piece.keep.tolist() == [True, True, False] and piece.reason == "dropped"
     assert piece.score is None
+
+
+def test_named_reasons_read_the_uids_of_a_piece_only():
+    """Reasons naming another row's uid are read per piece: a shard's task asks for the uids
+    its own removed rows name (here across the piece's edge), never every row's."""
+    uids = pl.Series("uid", [f"u{i}" for i in range(50)])
+    asked: list[list[int]] = []
+
+    def reader(positions: np.ndarray) -> pl.Series:
+        asked.append(positions.tolist())
+        return uids.gather(positions)
+
+    answer = SparseResult(
+        rows=50,
+        removed=np.array([3, 10, 11, 40]),
+        reason=NamedReasons("kept as uid", np.array([0, 2, 45, 39]), reader),
+    )
+    whole = answer.dense().reason.to_list()
+    expected = {3: "u0", 10: "u2", 11: "u45", 40: "u39"}
+    assert whole == [f"kept as uid {expected[r]}" if r in expected else None for r in range(50)]
+    asked.clear()
+    piece = answer.piece(10, 20).dense()
+    assert piece.reason.to_list()[:3] == ["kept as uid u2", "kept as uid u45", None]
+    assert asked == [[2, 45]]
 
 
 @pytest.mark.parametrize(
