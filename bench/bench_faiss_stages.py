@@ -32,7 +32,14 @@ and its CPU seconds (it and its reaped workers, from os.wait4):
                --semdedup-clusters, default rows / 1000, on a --train-sample seeded sample;
                the assignment, the shuffle by cluster group and the rule as tasks), and with
                ``--check-in-memory`` its in-memory path (the float32 matrix, semdedup_scores
-               over the whole ranking): the kept uids must be equal (asserted).
+               over the whole ranking): the kept uids must be equal (asserted). Then, with
+               ``--check-in-memory`` and a ``--semdedup-repo`` git directory,
+               facebookresearch/SemDeDup's own code as a whole process
+               (bench/semdedup_anchor.py) on the same centroids (its inputs, a float32
+               memmap of the pool among them, made beforehand and not timed): its kept uids
+               against build-pool's, counted rather than asserted (float32 rounding may rank
+               two near-identical rows of a cluster the other way round); the uids kept by
+               one only are written next to its inputs.
 
 Prints wall and CPU seconds (the machine may be shared: CPU seconds are the fairer figure),
 peak RSS per step, recall, the speed ratio exact-all-pairs / near_dedup, and writes every
