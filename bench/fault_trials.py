@@ -279,12 +279,17 @@ def _build_pool_says(out: Path, stdout: str) -> tuple[int, str]:
 # -- build-pool over metadata used in place: map -> reduce -----------------------------------
 
 
-def _build_meta(inputs: Inputs, run_dir: Path) -> tuple[list[str], Path]:
+def _build_in_shards(
+    recipe: Path, pool: Path, shard_rows: int, run_dir: Path
+) -> tuple[list[str], Path]:
     out = run_dir / "candidate"
-    command = ["build-pool", str(inputs.meta_recipe), "--pool", str(inputs.meta_pool),
-               "--out", str(out), "--shard-rows", str(META_SHARD_ROWS),
-               "--workers", "2"]  # fmt: skip
+    command = ["build-pool", str(recipe), "--pool", str(pool), "--out", str(out),
+               "--shard-rows", str(shard_rows), "--workers", "2"]  # fmt: skip
     return command, out
+
+
+def _build_meta(inputs: Inputs, run_dir: Path) -> tuple[list[str], Path]:
+    return _build_in_shards(inputs.meta_recipe, inputs.meta_pool, META_SHARD_ROWS, run_dir)
 
 
 def _build_meta_parts(out: Path) -> list[str]:
@@ -312,11 +317,7 @@ def _build_meta_parts(out: Path) -> list[str]:
 
 
 def _build_embed(inputs: Inputs, run_dir: Path) -> tuple[list[str], Path]:
-    out = run_dir / "candidate"
-    command = ["build-pool", str(inputs.embed_recipe), "--pool", str(inputs.embedding_pool),
-               "--out", str(out), "--shard-rows", str(EMBED_SHARD_ROWS),
-               "--workers", "2"]  # fmt: skip
-    return command, out
+    return _build_in_shards(inputs.embed_recipe, inputs.embedding_pool, EMBED_SHARD_ROWS, run_dir)
 
 
 _EMBED_PARTS_SEEN: set[str] = set()
