@@ -171,24 +171,34 @@ def run_measured(command: list[str], label: str) -> dict[str, float]:
     """Run a command as a whole process: wall and CPU seconds (with its reaped workers), its
     own peak RSS (kernel) and its process tree's peak RSS (sampled), with when the tree
     peaked and the command's own RSS then, and the tree's and the command's RSS every
-    ``TIMELINE_SECONDS`` (to tell which step holds the memory)."""
+    ``TIMELINE_SECONDS`` (to tell which step holds the memory). The command's anonymous
+    memory (RssAnon) is sampled too: its RSS also counts the clean pages of files it maps
+    (build-pool's positions file), which the kernel drops under pressure."""
     print(f"$ {' '.join(str(c) for c in command)}", flush=True)
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    peak = [0]
+    peak, anon_peak = [0], [0.0]
     at_peak: dict[str, float] = {}
-    timeline: list[tuple[float, float, float]] = []
+    timeline: list[tuple[float, float, float, float]] = []
     done = threading.Event()
 
     def sample() -> None:
         while not done.wait(0.2):
             tree, own = _tree_rss_bytes(process.pid), _rss_bytes(process.pid)
+            anon = _status_kib("RssAnon", process.pid) / 1024  # what the kernel cannot drop
+            anon_peak[0] = max(anon_peak[0], anon)
             elapsed = time.perf_counter() - started
             if tree > peak[0]:
                 peak[0] = tree
-                at_peak.update(seconds=round(elapsed, 1), command_rss_mib=round(own / 2**20))
+                at_peak.update(
+                    seconds=round(elapsed, 1),
+                    command_rss_mib=round(own / 2**20),
+                    command_anon_mib=round(anon),
+                )
             if not timeline or elapsed - timeline[-1][0] >= TIMELINE_SECONDS:
-                timeline.append((round(elapsed, 1), round(own / 2**20), round(tree / 2**20)))
+                timeline.append(
+                    (round(elapsed, 1), round(own / 2**20), round(tree / 2**20), round(anon))
+                )
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -204,7 +214,8 @@ def run_measured(command: list[str], label: str) -> dict[str, float]:
         "peak_rss_mib": usage.ru_maxrss / 1024,
         "tree_peak_rss_mib": max(peak[0] / 2**20, usage.ru_maxrss / 1024),
         "tree_peak_at": at_peak,
-        "rss_timeline_mib": timeline,  # (seconds, the command's RSS, the tree's)
+        "command_anon_peak_mib": anon_peak[0],  # its anonymous pages (RssAnon), sampled
+        "rss_timeline_mib": timeline,  # (seconds, the command's RSS, the tree's, its RssAnon)
     }
 
 
