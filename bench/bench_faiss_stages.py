@@ -604,7 +604,10 @@ def report(results: dict[str, Any]) -> None:
         f"(load average {results['load_average']:.1f}), --executor {results['executor']} "
         f"--workers {results['workers'] or 'default'}"
     )
-    print(f"{'step':<42}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'tree peak MiB':>15}")
+    print(
+        f"{'step':<42}{'wall s':>9}{'CPU s':>9}{'peak RSS MiB':>14}{'tree peak MiB':>15}"
+        f"{'anon peak MiB':>15}"
+    )
     rows = [
         ("curate build-pool, near_dedup", results.get("near_dedup")),
         ("exact search, sample of query rows", results.get("exact")),
@@ -617,10 +620,11 @@ def report(results: dict[str, Any]) -> None:
     for name, step in rows:
         if step is None:
             continue
-        tree = step.get("tree_peak_rss_mib")
+        tree, anon = step.get("tree_peak_rss_mib"), step.get("command_anon_peak_mib")
         print(
             f"{name:<42}{step['wall_s']:>9.1f}{step['cpu_s']:>9.1f}{step['peak_rss_mib']:>14.0f}"
             f"{'-' if tree is None else f'{tree:.0f}':>15}"
+            f"{'-' if anon is None else f'{anon:.0f}':>15}"
         )
     near, exact = results.get("near_dedup"), results.get("exact")
     if near:
