@@ -520,6 +520,7 @@ def _run_in_driver(
         score_column=result.score_column if isinstance(result, StageResult) else None,
     )
     write_json(stage_dir / "stats.json", asdict(stats))
+    (stage_dir / POSITIONS).unlink(missing_ok=True)  # a finished stage is never rerun
     return stats
 
 
