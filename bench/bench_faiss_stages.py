@@ -412,7 +412,7 @@ def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -
     command += ["--rows", str(args.rows), "--dim", str(args.dim)]
     command += ["--clusters", str(semdedup_clusters(args)), "--eps", str(args.eps)]
     measured = run_measured([*command, "--out", str(out)], "SemDeDup")
-    anchor = pl.Series("uid", out.read_text().split("\n"))
+    anchor = pl.Series("uid", out.read_text().splitlines(), dtype=pl.String)
     built = kept_uids(SubsetLayout(work / "out" / "bench_semdedup"))
     only_anchor = anchor.filter(~anchor.is_in(built.implode())).sort()
     only_built = built.filter(~built.is_in(anchor.implode())).sort()
