@@ -165,9 +165,10 @@ def reasons_naming(
 
 
 def removal_reasons(ctx: StageContext, named: np.ndarray, text: str) -> NamedReasons:
-    """``"<text> <uid of rows[named[i]]>"`` for each ``i``: the reasons of a sparse answer,
-    the uids read when each shard's decisions are written."""
-    return NamedReasons(text, named, ctx.column_reader("uid"))
+    """``"<text> <uid of rows[named[i]]>"`` for each ``i``: the reasons of a sparse answer.
+    The uids are read here, each shard once (read by each shard's task, the named rows
+    scattered over the pool would have every task read every shard)."""
+    return NamedReasons(text, ctx.column_at("uid", named))
 
 
 def cached_kmeans(

@@ -138,23 +138,21 @@ class ShardedAnswer(Protocol):
 
 @dataclass(frozen=True)
 class NamedReasons:
-    """Reasons that name another row: ``"<text> <uid of rows[named[i]]>"`` for the ``i``-th
-    removed row, the uids read only when a piece's reasons are written (``reader``: picklable,
-    positions into the stage's rows -> uids). The driver then holds a position per removed
-    row, not a string (about 110 bytes with its uid)."""
+    """Reasons that name another row's uid, ``"<text> <uids[i]>"`` for the ``i``-th removed
+    row, joined only when a piece's decisions are written: the driver holds the named uids
+    (about 40 bytes each in Arrow), not every reason string (about 110 with its text)."""
 
     text: str
-    named: np.ndarray
-    reader: Callable[[np.ndarray], pl.Series]
+    uids: pl.Series
 
     def __len__(self) -> int:
-        return len(self.named)
+        return self.uids.len()
 
     def __getitem__(self, part: slice) -> NamedReasons:
-        return NamedReasons(self.text, self.named[part], self.reader)
+        return NamedReasons(self.text, self.uids[part])
 
     def series(self) -> pl.Series:
-        return (self.text + " ") + self.reader(self.named)
+        return (self.text + " ") + self.uids
 
 
 @dataclass(frozen=True)

@@ -54,28 +54,20 @@ def test_one_reason_and_no_scores():
     assert piece.score is None
 
 
-def test_named_reasons_read_the_uids_of_a_piece_only():
-    """Reasons naming another row's uid are read per piece: a shard's task asks for the uids
-    its own removed rows name (here across the piece's edge), never every row's."""
-    uids = pl.Series("uid", [f"u{i}" for i in range(50)])
-    asked: list[list[int]] = []
-
-    def reader(positions: np.ndarray) -> pl.Series:
-        asked.append(positions.tolist())
-        return uids.gather(positions)
-
+def test_named_reasons_are_joined_per_piece():
+    """Reasons naming another row's uid: each piece carries the uids of its own removed rows
+    only, and its reasons equal the whole answer's."""
     answer = SparseResult(
         rows=50,
         removed=np.array([3, 10, 11, 40]),
-        reason=NamedReasons("kept as uid", np.array([0, 2, 45, 39]), reader),
+        reason=NamedReasons("kept as uid", pl.Series("uid", ["u0", "u2", "u45", "u39"])),
     )
     whole = answer.dense().reason.to_list()
     expected = {3: "u0", 10: "u2", 11: "u45", 40: "u39"}
     assert whole == [f"kept as uid {expected[r]}" if r in expected else None for r in range(50)]
-    asked.clear()
-    piece = answer.piece(10, 20).dense()
-    assert piece.reason.to_list()[:3] == ["kept as uid u2", "kept as uid u45", None]
-    assert asked == [[2, 45]]
+    piece = answer.piece(10, 20)
+    assert piece.reason.uids.to_list() == ["u2", "u45"]
+    assert piece.dense().reason.to_list() == whole[10:30]
 
 
 @pytest.mark.parametrize(
