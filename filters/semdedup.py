@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import polars as pl
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
@@ -149,5 +150,10 @@ class SemDeDupAnswer:
         max_similarity, most_similar = self.found.read(self.start, self.start + self.rows)
         keep = _keep(max_similarity, self.eps)
         text = f"semantic duplicate (cosine > {1 - self.eps:.4g}) of earlier-ranked uid "
-        reason = (text + most_similar).scatter(np.flatnonzero(keep), None).alias("reason")
+        removed = np.flatnonzero(~keep)  # a string for these rows only, not every row
+        reason = (
+            pl.Series("reason", dtype=pl.String)
+            .extend_constant(None, self.rows)
+            .scatter(removed, text + most_similar.gather(removed))
+        )
         return StageResult(keep=keep, reason=reason, score=max_similarity, report=self.report)

@@ -279,11 +279,12 @@ def test_image_based_matches_numpy(planted, tmp_path):
     assert result.report["target_clusters"] == len(target_clusters)
 
 
-def reference_semdedup(vectors, cluster_ids, centroids):
+def reference_semdedup(vectors, cluster_ids, centroids, *, with_earlier: bool = False):
     """The paper's rule written directly: rank by distance to centroid (farthest first, ties by
-    position), M[j] = max_{i ranked before j} cos(i, j)."""
+    position), M[j] = max_{i ranked before j} cos(i, j); ``with_earlier`` also gives that i."""
     unit = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
     m = np.full(len(vectors), np.nan)
+    earlier = np.full(len(vectors), -1)
     for cluster in np.unique(cluster_ids):
         members = np.flatnonzero(cluster_ids == cluster)
         distance = 1 - vectors[members] @ unit[cluster]
@@ -291,7 +292,8 @@ def reference_semdedup(vectors, cluster_ids, centroids):
         similarity = vectors[ranked] @ vectors[ranked].T
         for j in range(1, len(ranked)):
             m[ranked[j]] = similarity[:j, j].max()
-    return m
+            earlier[ranked[j]] = ranked[similarity[:j, j].argmax()]
+    return (m, earlier) if with_earlier else m
 
 
 @pytest.mark.parametrize("block_cells", [1 << 24, 5000])  # one block, then many
@@ -317,8 +319,15 @@ def test_semdedup_stage_reports_kept_fraction_by_eps(planted, tmp_path):
     ctx = make_context(tmp_path, planted)
     result = run_stage("semdedup", ctx, eps=0.05, n_clusters=8)
     centroids = kmeans(planted, 8, seed=0, spherical=True)
-    expected = reference_semdedup(planted, assign(planted, centroids)[0], centroids)
+    expected, earlier = reference_semdedup(
+        planted, assign(planted, centroids)[0], centroids, with_earlier=True
+    )
     np.testing.assert_array_equal(result.keep, ~(expected > 0.95))
+    uids = ctx.rows["uid"].to_numpy()
+    text = "semantic duplicate (cosine > 0.95) of earlier-ranked uid "
+    assert result.reason.to_list() == [
+        None if kept else text + uids[earlier[row]] for row, kept in enumerate(result.keep)
+    ]  # the uid of the earlier-ranked member it resembles most, for the removed rows alone
     by_eps = result.report["kept_fraction_by_eps"]
     for eps in (0.01, 0.02, 0.05, 0.1, 0.2):
         assert by_eps[str(eps)] == pytest.approx(np.mean(~(expected > 1 - eps)))
