@@ -315,6 +315,24 @@ def test_semdedup_matches_numpy_rule(planted, monkeypatch, block_cells):
     )
 
 
+@pytest.mark.parametrize(("order", "kept"), [("hard", [1, 2]), ("easy", [0, 3])])
+def test_semdedup_ranks_near_ties_exactly_and_equal_rows_as_semdedup(order, kept):
+    """Hand-checked. Rows 0 and 1 (cluster 0) are near-duplicates whose distances to the
+    centroid differ by 3·10⁻⁸, one float32 step of their cosine, which float32 arithmetic
+    rounds to the same ``1 − cosine``; rows 2 and 3 (cluster 1) are the same vector. In each
+    pair the member ranked first is kept. hard (farthest first): row 1, which is farther in
+    exact arithmetic, and of the equal rows the first in pool order, row 2; easy: row 0, and
+    row 3 (SemDeDup's easy is its hard ranking reversed, equal rows included)."""
+    nearer = np.nextafter(np.float32(0.33), np.float32(1))
+    other = np.float32(np.sqrt(1 - 0.33**2))
+    vectors = np.array(
+        [[nearer, other, 0], [0.33, other, 0], [0, 0.6, 0.8], [0, 0.6, 0.8]], dtype=np.float32
+    )
+    centroids = np.array([[1, 0, 0], [0, 0, 1]], dtype=np.float32)
+    scores = semdedup_scores(vectors, np.array([0, 0, 1, 1]), centroids, order=order)
+    assert np.flatnonzero(scores.keep(0.05)).tolist() == kept
+
+
 def test_semdedup_stage_reports_kept_fraction_by_eps(planted, tmp_path):
     ctx = make_context(tmp_path, planted)
     result = run_stage("semdedup", ctx, eps=0.05, n_clusters=8)

@@ -175,6 +175,13 @@ def dot_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b)
 
 
+def centroid_distance(block: np.ndarray, unit_centroids: np.ndarray) -> np.ndarray:
+    """``1 − cosine`` of each row with its (normalised) centroid, row-aligned, summed in
+    float64: rows whose distances differ below float32's resolution still rank in their exact
+    order (SemDeDup ranks cluster members by this distance)."""
+    return 1.0 - np.einsum("ij,ij->i", block, unit_centroids, dtype=np.float64)
+
+
 def dot_pairs(
     left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray
 ) -> np.ndarray:

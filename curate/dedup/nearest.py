@@ -25,14 +25,14 @@ from curate.dedup.blocks import (
     save_arrays,
     task_bounds,
 )
-from curate.dedup.knn import exact_top, flat_index
+from curate.dedup.knn import centroid_distance, exact_top, flat_index
 
 
 @dataclass(frozen=True)
 class NearestRows:
     similarity: np.ndarray  # float32: inner product with the nearest base row
     index: np.ndarray  # int64: which base row
-    distance: np.ndarray | None  # float32: 1 − cosine to that row normalised (with_distance)
+    distance: np.ndarray | None  # float64: 1 − cosine to that row normalised (with_distance)
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class NearestParts:
         return NearestRows(
             similarity=joined("similarity", np.float32),
             index=joined("index", np.int64),
-            distance=joined("distance", np.float32) if self.with_distance else None,
+            distance=joined("distance", np.float64) if self.with_distance else None,
         )
 
     def windows(self) -> list[tuple[int, int]]:
@@ -124,7 +124,7 @@ def nearest_part(task: NearestTask) -> None:
     n = len(task.survivors)
     similarity = np.empty(n, dtype=np.float32)
     ids = np.empty(n, dtype=np.int64)
-    distance = np.empty(n if task.with_distance else 0, dtype=np.float32)
+    distance = np.empty(n if task.with_distance else 0, dtype=np.float64)
     unit = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
     for a, b in blocks(task.start, task.start + n):
         first, last = a - task.start, b - task.start
@@ -132,7 +132,7 @@ def nearest_part(task: NearestTask) -> None:
         found_similarity, found_ids = exact_top(index, block, base, 1)
         similarity[first:last], ids[first:last] = found_similarity[:, 0], found_ids[:, 0]
         if task.with_distance:
-            distance[first:last] = 1.0 - np.einsum("ij,ij->i", block, unit[found_ids[:, 0]])
+            distance[first:last] = centroid_distance(block, unit[found_ids[:, 0]])
     arrays = {"similarity": similarity, "index": ids}
     if task.with_distance:
         arrays["distance"] = distance

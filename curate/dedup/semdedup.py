@@ -3,11 +3,13 @@ through semantic deduplication"; facebookresearch/SemDeDup).
 
 Within each k-means cluster the members are ranked by cosine distance to the (normalised)
 cluster centroid, **farthest first** (the paper's default ``keep_hard``: prototypical,
-near-centroid examples are the redundant ones); ``order="easy"`` ranks nearest first. Ties
-break by position (pool order). Member ``j`` gets ``M[j] = max cosine(i, j)`` over the members
-``i`` ranked before it; it is removed when ``M[j] > 1 − ε``. As in the paper the rule is not
-greedy: ``j`` is removed even when the earlier member it resembles was itself removed. The first
-member of each cluster has no earlier member: ``M = NaN``, always kept.
+near-centroid examples are the redundant ones); ``order="easy"`` ranks nearest first. The
+distances are summed in float64, so near-ties rank in their exact order; equal distances
+break by pool order (reversed for ``easy``, which is SemDeDup's hard ranking reversed).
+Member ``j`` gets ``M[j] = max cosine(i, j)`` over the members ``i`` ranked before it; it is
+removed when ``M[j] > 1 − ε``. As in the paper the rule is not greedy: ``j`` is removed even
+when the earlier member it resembles was itself removed. The first member of each cluster has
+no earlier member: ``M = NaN``, always kept.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from curate.dedup.blocks import (
     group_count,
     run_parts,
 )
-from curate.dedup.knn import QUERY_BATCH, RECHECK_MARGIN, dot_pairs, float32_batches, transposed
+from curate.dedup.knn import (
+    QUERY_BATCH,
+    RECHECK_MARGIN,
+    centroid_distance,
+    dot_pairs,
+    float32_batches,
+    transposed,
+)
 from curate.dedup.nearest import NearestParts
 from curate.dedup.shuffle import read_spills, write_spill
 
@@ -55,10 +64,12 @@ class SemDeDupScores:
 def rank_within_clusters(
     cluster_ids: np.ndarray, distance_to_centroid: np.ndarray, order: RankOrder
 ) -> np.ndarray:
-    """Positions sorted by cluster, then by the rank order, then by position."""
+    """Positions sorted by cluster, then by the rank order; equal distances by position, in
+    reverse for ``easy`` (SemDeDup's ``which_to_keep: easy`` reverses its hard ranking)."""
     positions = np.arange(len(cluster_ids))
-    key = -distance_to_centroid if order == "hard" else distance_to_centroid
-    return np.lexsort((positions, key, cluster_ids))
+    if order == "hard":
+        return np.lexsort((positions, -distance_to_centroid, cluster_ids))
+    return np.lexsort((-positions, distance_to_centroid, cluster_ids))
 
 
 def semdedup_scores(
@@ -73,10 +84,10 @@ def semdedup_scores(
 
     n = len(vectors)
     unit_centroids = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
-    distance = np.empty(n, dtype=np.float32)
+    distance = np.empty(n, dtype=np.float64)
     for start, block in float32_batches(vectors, QUERY_BATCH):
         centroid = unit_centroids[cluster_ids[start : start + len(block)]]
-        distance[start : start + len(block)] = 1.0 - np.einsum("ij,ij->i", block, centroid)
+        distance[start : start + len(block)] = centroid_distance(block, centroid)
 
     ranked, starts, ends, rank = _ranking(cluster_ids, distance, order)
     max_similarity = np.full(n, np.nan, dtype=np.float32)
