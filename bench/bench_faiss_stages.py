@@ -258,7 +258,7 @@ def image_based_run(args: argparse.Namespace, work: Path) -> dict:
 
 def semdedup_run(args: argparse.Namespace, work: Path) -> dict:
     stage = (
-        f"  - stage: semdedup\n    params: {{eps: {args.eps}, "
+        f"  - stage: semdedup\n    params: {{eps: {args.eps}, order: {args.semdedup_order}, "
         f"n_clusters: {semdedup_clusters(args)}, train_sample: {args.train_sample}}}\n"
     )
     return build_pool_command(args, work, "bench_semdedup", stage)
@@ -349,7 +349,9 @@ def step_semdedup_in_memory(args: argparse.Namespace, work: Path) -> dict:
     centroids = kmeans(
         vectors, semdedup_clusters(args), seed=0, train_sample=args.train_sample, spherical=True
     )
-    scores = semdedup_scores(vectors, assign(vectors, centroids)[0], centroids)
+    scores = semdedup_scores(
+        vectors, assign(vectors, centroids)[0], centroids, order=args.semdedup_order
+    )
     keep = scores.keep(args.eps)
     ended = _usage()
     uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy()
@@ -411,6 +413,7 @@ def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -
     command += ["--repo", str(args.semdedup_repo), "--inputs", str(inputs)]
     command += ["--rows", str(args.rows), "--dim", str(args.dim)]
     command += ["--clusters", str(semdedup_clusters(args)), "--eps", str(args.eps)]
+    command += ["--which-to-keep", args.semdedup_order]
     measured = run_measured([*command, "--out", str(out)], "SemDeDup")
     anchor = pl.Series("uid", out.read_text().splitlines(), dtype=pl.String)
     built = kept_uids(SubsetLayout(work / "out" / "bench_semdedup"))
@@ -518,6 +521,9 @@ def main() -> None:
         "--semdedup-clusters", type=int, help="semdedup k-means (default: the stage's, rows/1000)"
     )
     parser.add_argument("--eps", type=float, default=0.05, help="semdedup's eps")
+    parser.add_argument(
+        "--semdedup-order", choices=("hard", "easy"), default="hard", help="semdedup's order"
+    )
     parser.add_argument(
         "--semdedup-repo",
         type=Path,

@@ -13,7 +13,8 @@ memmap, and the k-means index of curate's seeded spherical k-means as its
 2. ``clustering/sort_clusters.py`` ``assign_and_sort_clusters`` (``sim_metric: cosine``,
    ``keep_hard: True``): each cluster's members ranked by distance to the centroid;
 3. ``semdedup.py`` ``SemDeDupJob._process_shard``: per cluster, ``M`` and the removal table for
-   ``--eps``. Upstream, the method raises after saving each non-singleton cluster's table
+   ``--eps``, keeping ``--which-to-keep`` examples (``easy``: its ranking reversed).
+   Upstream, the method raises after saving each non-singleton cluster's table
    (``step_time.append_cluster``) and after the loop when every cluster was a singleton
    (division by an empty list), so it is called one cluster at a time and those two errors
    are accepted once the table exists;
@@ -63,6 +64,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, required=True)
     parser.add_argument("--clusters", type=int, required=True)
     parser.add_argument("--eps", type=float, required=True)
+    parser.add_argument("--which-to-keep", choices=("hard", "easy"), default="hard")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
 
@@ -98,7 +100,7 @@ def main() -> None:
         argparse.Namespace(
             embs_memory_loc=str(args.inputs / "embs.f32"), dataset_size=args.rows,
             emd_size=args.dim, save_loc=str(checkout), sorted_clusters_path=str(sorted_clusters),
-            eps_list=[args.eps], which_to_keep="hard", seed=1234, device="cpu",
+            eps_list=[args.eps], which_to_keep=args.which_to_keep, seed=1234, device="cpu",
         ),
         0,
     )  # fmt: skip
