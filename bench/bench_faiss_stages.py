@@ -431,7 +431,47 @@ def semdedup_anchor_run(args: argparse.Namespace, work: Path, argv: list[str]) -
     )
     (inputs / "kept_only_by_semdedup.txt").write_text("\n".join(only_anchor))
     (inputs / "kept_only_by_build_pool.txt").write_text("\n".join(only_built))
+    measured["differences"] = explain_differences(args, inputs, only_anchor, only_built)
     return measured
+
+
+def explain_differences(
+    args: argparse.Namespace, inputs: Path, only_anchor: Any, only_built: Any
+) -> list[dict[str, Any]]:
+    """Each row kept by SemDeDup only, paired with the row kept by build-pool only that is
+    most similar to it in the same cluster (SemDeDup's assignment): both rows' distances to
+    the centroid summed in float64 (curate's), and whether build-pool kept the row that this
+    exact order ranks first. (The bench's uids are the row numbers in hex.)"""
+    from curate.dedup.knn import centroid_distance
+
+    nearest = np.load(inputs / "clustering" / "nearest_cent.npy")
+    centroids = np.load(inputs / "clustering" / "kmeans_centroids.npy")
+    unit = centroids / np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    embs = np.memmap(inputs / "embs.f32", np.float32, "r", shape=(args.rows, args.dim))
+    built_rows = np.array([int(uid, 16) for uid in only_built], dtype=np.int64)
+    explained = []
+    for anchor_row in (int(uid, 16) for uid in only_anchor):
+        same = built_rows[nearest[built_rows] == nearest[anchor_row]]
+        if not len(same):
+            explained.append({"semdedup_keeps": anchor_row, "build_pool_keeps": None})
+            continue
+        built_row = int(same[np.argmax(embs[same] @ embs[anchor_row])])
+        pair = np.array([anchor_row, built_row])
+        distance = centroid_distance(embs[pair], unit[nearest[pair]])
+        exact_first = pair[
+            np.argmax(distance) if args.semdedup_order == "hard" else np.argmin(distance)
+        ]
+        explained.append(
+            {
+                "semdedup_keeps": anchor_row,
+                "build_pool_keeps": built_row,
+                "cluster": int(nearest[anchor_row]),
+                "cosine": float(embs[anchor_row] @ embs[built_row]),
+                "distance_gap_float64": float(abs(distance[0] - distance[1])),
+                "build_pool_keeps_the_exact_order_s_first": bool(exact_first == built_row),
+            }
+        )
+    return explained
 
 
 def _context(work: Path, step: str, seed: int = 0):
@@ -669,6 +709,8 @@ def report(results: dict[str, Any]) -> None:
             f"{anchor['kept_only_by_build_pool']:,} only by build-pool; "
             f"{anchor['empty_clusters']} empty clusters)"
         )
+        for pair in anchor["differences"]:
+            print(f"  {json.dumps(pair)}")
 
 
 def report_kept(stage: str, built: dict | None, in_memory: dict | None) -> None:
