@@ -37,9 +37,11 @@ and its CPU seconds (it and its reaped workers, from os.wait4):
                facebookresearch/SemDeDup's own code as a whole process
                (bench/semdedup_anchor.py) on the same centroids (its inputs, a float32
                memmap of the pool among them, made beforehand and not timed): its kept uids
-               against build-pool's, counted rather than asserted (float32 rounding may rank
-               two near-identical rows of a cluster the other way round); the uids kept by
-               one only are written next to its inputs.
+               against build-pool's, counted rather than asserted (SemDeDup's float32 inner
+               products may rank two near-identical rows of a cluster against the exact
+               order); the uids kept by one only are written next to its inputs, and each is
+               paired with its counterpart and checked against the exact (float64) order.
+               ``--semdedup-order easy`` runs all three in SemDeDup's other order.
 
 Prints wall and CPU seconds (the machine may be shared: CPU seconds are the fairer figure),
 peak RSS per step, recall, the speed ratio exact-all-pairs / near_dedup, and writes every
