@@ -25,7 +25,7 @@ from curate.dedup.blocks import BLOCK_ROWS, TASK_ROWS, NpyFile, Survivors
 from curate.dedup.cache import cache_key, cached_arrays, rows_fingerprint
 from curate.dedup.clustering import kmeans
 from curate.dedup.device import faiss_gpu
-from curate.filters.registry import NamedReasons, StageContext
+from curate.filters.registry import NamedReasons, StageContext, reason_column
 
 
 def set_parts(ctx: StageContext) -> tuple[str, EmbeddingParts, EmbeddingParts | None]:
@@ -62,12 +62,21 @@ def row_positions(ctx: StageContext) -> np.ndarray:
     return rows.view(np.int64) if rows.dtype == np.uint64 else rows.astype(np.int64, copy=False)
 
 
-def rows_file(ctx: StageContext, rows: Survivors) -> Path:
-    """``rows.rows`` saved in the work directory, for the tasks that read all of them."""
-    path = ctx.work_dir / f"rows-{rows_fingerprint(rows.rows)[:24]}.npy"
+def rows_identity(ctx: StageContext) -> str:
+    """The stage's rows' fingerprint, hashed once per stage: every step's cache key and the
+    rows file's name use it, and at 1.28B rows one hash reads 10 GB of positions."""
+    if "rows_fingerprint" not in ctx._cache:
+        ctx._cache["rows_fingerprint"] = rows_fingerprint(row_positions(ctx))
+    return ctx._cache["rows_fingerprint"]
+
+
+def rows_file(ctx: StageContext) -> Path:
+    """The rows' positions (``survivors(ctx).rows``) saved in the work directory, for the
+    tasks that read all of them."""
+    path = ctx.work_dir / f"rows-{rows_identity(ctx)[:24]}.npy"
     if not path.is_file():
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            np.save(handle, rows.rows)
+            np.save(handle, row_positions(ctx))
     return path
 
 
@@ -102,7 +111,7 @@ def array_digest(array: np.ndarray) -> str:
 
 def stage_cache_key(ctx: StageContext, **params: Any) -> str:
     return cache_key(
-        rows=rows_fingerprint(ctx.rows["row"].to_numpy()),
+        rows=rows_identity(ctx),
         embeddings=embeddings_identity(ctx),
         seed=ctx.seed,
         **params,
@@ -157,11 +166,7 @@ def reasons_naming(
     """Per row: ``"<text> <uid of rows[named[i]]>"`` for row ``removed[i]``, null for every
     other row. Only the named rows' uids are read, in Arrow: no Python string per row (12.8M
     of them would be about 1 GB in the driver)."""
-    return (
-        pl.Series("reason", dtype=pl.String)
-        .extend_constant(None, ctx.rows.height)
-        .scatter(removed, removal_reasons(ctx, named, text).series())
-    )
+    return reason_column(ctx.rows.height, removed, removal_reasons(ctx, named, text).series())
 
 
 def removal_reasons(ctx: StageContext, named: np.ndarray, text: str) -> NamedReasons:

@@ -117,7 +117,7 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> SparseResult:
             work = step_dir(ctx, "near-sharded", threshold=params.threshold, plan=plan_description)
             return sharded_pairs_on_executor(
                 rows,
-                rows_file(ctx, rows),
+                rows_file(ctx),
                 params.threshold,
                 shard_rows,
                 work,
@@ -150,7 +150,7 @@ def near_dedup(ctx: StageContext, params: NearDedupParams) -> SparseResult:
                 return self_pairs(rows.block(0, n), params.threshold, plan, progress=True)
             return ivf_pairs(
                 rows,
-                rows_file(ctx, rows),
+                rows_file(ctx),
                 params.threshold,
                 ivf_search_lists(),
                 ivf_work,
@@ -224,7 +224,7 @@ def _recall_report(
     )
     exact, scanned = exact_pairs_bounded(
         rows,
-        rows_file(ctx, rows),
+        rows_file(ctx),
         queries,
         params.threshold,
         lists,

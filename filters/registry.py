@@ -187,16 +187,20 @@ class SparseResult:
         keep[self.removed] = False
         reason = self.reason.series() if isinstance(self.reason, NamedReasons) else self.reason
         if not isinstance(reason, str):
-            reason = (
-                pl.Series("reason", dtype=pl.String)
-                .extend_constant(None, self.rows)
-                .scatter(self.removed, reason)
-            )
+            reason = reason_column(self.rows, self.removed, reason)
         score = None
         if self.scored is not None and self.score is not None:
             score = np.full(self.rows, np.nan, dtype=np.float32)
             score[self.scored] = self.score
         return StageResult(keep=keep, reason=reason, score=score, report=self.report)
+
+
+def reason_column(rows: int, removed: np.ndarray, reasons: pl.Series) -> pl.Series:
+    """A reason per row: ``reasons[i]`` at row ``removed[i]``, null at every other row (the
+    strings made for the removed rows only)."""
+    return (
+        pl.Series("reason", dtype=pl.String).extend_constant(None, rows).scatter(removed, reasons)
+    )
 
 
 def dense_result(result: StageResult | ShardedAnswer) -> StageResult:

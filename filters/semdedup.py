@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import polars as pl
 from pydantic import Field
 
 from curate.dedup.blocks import TASK_ROWS
@@ -36,7 +35,13 @@ from curate.filters.dedup_inputs import (
     task_rows_field,
     use_gpu,
 )
-from curate.filters.registry import StageContext, StageParams, StageResult, register_stage
+from curate.filters.registry import (
+    StageContext,
+    StageParams,
+    StageResult,
+    reason_column,
+    register_stage,
+)
 
 ROWS_PER_CLUSTER = 1000
 
@@ -151,9 +156,5 @@ class SemDeDupAnswer:
         keep = _keep(max_similarity, self.eps)
         text = f"semantic duplicate (cosine > {1 - self.eps:.4g}) of earlier-ranked uid "
         removed = np.flatnonzero(~keep)  # a string for these rows only, not every row
-        reason = (
-            pl.Series("reason", dtype=pl.String)
-            .extend_constant(None, self.rows)
-            .scatter(removed, text + most_similar.gather(removed))
-        )
+        reason = reason_column(self.rows, removed, text + most_similar.gather(removed))
         return StageResult(keep=keep, reason=reason, score=max_similarity, report=self.report)
