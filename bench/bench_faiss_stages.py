@@ -36,7 +36,8 @@ and its CPU seconds (it and its reaped workers, from os.wait4):
                ``--check-in-memory`` and a ``--semdedup-repo`` git directory,
                facebookresearch/SemDeDup's own code as a whole process
                (bench/semdedup_anchor.py) on the same centroids (its inputs, a float32
-               memmap of the pool among them, made beforehand and not timed): its kept uids
+               memmap of the pool among them, made beforehand and not timed; the centroids
+               are the in-memory step's): its kept uids
                against build-pool's, counted rather than asserted (SemDeDup's float32 inner
                products may rank two near-identical rows of a cluster against the exact
                order); the uids kept by one only are written next to its inputs, and each is
@@ -86,6 +87,7 @@ N_CENTERS = 10_000
 BENCH_DATA = Path("/work/bench_data")
 TIMELINE_SECONDS = 15.0
 DEFAULT_SEMDEDUP_REPO = "/work/.mirror/facebookresearch+SemDeDup/repo"
+SEMDEDUP_CENTROIDS = "semdedup-centroids.npy"  # the in-memory step's k-means, for SemDeDup
 
 
 def _usage() -> tuple[float, float, float]:
@@ -356,6 +358,7 @@ def step_semdedup_in_memory(args: argparse.Namespace, work: Path) -> dict:
     )
     keep = scores.keep(args.eps)
     ended = _usage()
+    np.save(work / SEMDEDUP_CENTROIDS, centroids)  # SemDeDup's clusters (semdedup_anchor_run)
     uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy()
     kept = kept_uids(SubsetLayout(work / "out" / "bench_semdedup"))
     return {
@@ -369,12 +372,11 @@ def step_semdedup_in_memory(args: argparse.Namespace, work: Path) -> dict:
 
 def step_semdedup_anchor_inputs(args: argparse.Namespace, work: Path) -> dict:
     """SemDeDup's inputs (see bench/semdedup_anchor.py): the embeddings as its float32
-    memmap, the uids as its S32 paths memmap, and curate's k-means (the same seeded spherical
-    k-means as the stage's) as its pickled faiss index and centroids file."""
+    memmap, the uids as its S32 paths memmap, and curate's k-means (the stage's seeded
+    spherical k-means, saved by the in-memory step) as its pickled faiss index and centroids
+    file."""
     import faiss
     import polars as pl
-
-    from curate.dedup.clustering import kmeans
 
     started = _usage()
     inputs = work / "semdedup_anchor"
@@ -387,10 +389,7 @@ def step_semdedup_anchor_inputs(args: argparse.Namespace, work: Path) -> dict:
     embs.flush()
     uids = pl.read_parquet(work / "pool" / "samples.parquet")["uid"].to_numpy().astype("S32")
     uids.tofile(inputs / "paths.S32")
-    centroids = kmeans(
-        np.asarray(embs), semdedup_clusters(args), seed=0, train_sample=args.train_sample,
-        spherical=True,
-    )  # fmt: skip
+    centroids = np.load(work / SEMDEDUP_CENTROIDS)
     index = faiss.IndexFlatIP(centroids.shape[1])  # faiss.Kmeans's index when spherical
     index.add(centroids)
     (inputs / "clustering" / "kmeans_index.pickle").write_bytes(pickle.dumps(index))
