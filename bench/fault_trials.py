@@ -129,19 +129,27 @@ META_RECIPE = {
 META_FILES, META_ROWS, META_SHARD_ROWS = 6, 60_000, 4_000
 META_SHARDS = META_FILES * math.ceil(META_ROWS / META_FILES / META_SHARD_ROWS)
 EMBED_ROWS, EMBED_DIM, EMBED_SHARD_ROWS, EMBED_TASK_ROWS = 60_000, 64, 4_000, 8_192
-EMBED_RECIPE = {
-    "name": "fault_trials_embeddings",
-    "description": "the four embedding stages, tasks of 8,192 rows",
-    "seed": 1,
-    "stages": [
-        {"stage": "decontaminate", "params": {"eval_embeddings": ["EVAL"], "threshold": 0.97}},
-        {"stage": "near_dedup", "params": {"threshold": 0.95, "index": "ivf", "nprobe": 4,
-                                           "keep": "highest_clip_score", "recall_sample": 300}},
-        {"stage": "semdedup", "params": {"eps": 0.15, "n_clusters": 40, "train_sample": 4000}},
-        {"stage": "image_based", "params": {"target_embeddings": "TARGET", "n_clusters": 60,
-                                            "train_sample": 4000}},
-    ],
-}  # fmt: skip
+
+
+def _embed_recipe(eval_set: Path, target: Path) -> dict:
+    """The four embedding stages, tasks of ``EMBED_TASK_ROWS`` rows."""
+    stages = [
+        ("decontaminate", {"eval_embeddings": [str(eval_set)], "threshold": 0.97}),
+        ("near_dedup", {"threshold": 0.95, "index": "ivf", "nprobe": 4,
+                        "keep": "highest_clip_score", "recall_sample": 300}),
+        ("semdedup", {"eps": 0.15, "n_clusters": 40, "train_sample": 4000}),
+        ("image_based", {"target_embeddings": str(target), "n_clusters": 60,
+                         "train_sample": 4000}),
+    ]  # fmt: skip
+    return {
+        "name": "fault_trials_embeddings",
+        "description": "the four embedding stages, tasks of 8,192 rows",
+        "seed": 1,
+        "stages": [
+            {"stage": stage, "params": {**params, "task_rows": EMBED_TASK_ROWS}}
+            for stage, params in stages
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -746,13 +754,10 @@ def _write_embedding_pool(pool: Path, recipe: Path) -> None:
         pool
     )
     rng = np.random.default_rng(7)
-    np.save(pool.parent / "eval.npy", vectors[rng.choice(EMBED_ROWS, 30, replace=False)])
-    np.save(pool.parent / "target.npy", vectors[rng.choice(EMBED_ROWS, 50, replace=False)])
-    stages = [dict(stage, params={**stage["params"], "task_rows": EMBED_TASK_ROWS})
-              for stage in EMBED_RECIPE["stages"]]  # fmt: skip
-    stages[0]["params"]["eval_embeddings"] = [str(pool.parent / "eval.npy")]
-    stages[3]["params"]["target_embeddings"] = str(pool.parent / "target.npy")
-    recipe.write_text(yaml.safe_dump({**EMBED_RECIPE, "stages": stages}, sort_keys=False), "utf-8")
+    eval_set, target = pool.parent / "eval.npy", pool.parent / "target.npy"
+    np.save(eval_set, vectors[rng.choice(EMBED_ROWS, 30, replace=False)])
+    np.save(target, vectors[rng.choice(EMBED_ROWS, 50, replace=False)])
+    recipe.write_text(yaml.safe_dump(_embed_recipe(eval_set, target), sort_keys=False), "utf-8")
 
 
 def summarise(trials: list[Trial], stages: tuple[Stage, ...] = STAGES) -> dict[str, dict[str, int]]:
